@@ -1,0 +1,190 @@
+"""KV storage for a stream: a transformers ``Cache`` whose layers also remember what each entry is.
+
+Storage only: tensors plus, per layer and per entry, its logical position(s), frame id, kind and
+count (how many original tokens the entry stands for after merging). What to keep, fold or drop is a
+policy's business (``memory/policy.py`` and one file per policy). This module knows nothing about
+video, pooling or any model family: it sees keys, values, positions and token metadata.
+
+Shapes: keys / values ``(batch, kv_heads, seq_len, head_dim)``; positions ``(pos_dims, seq_len)``
+with ``pos_dims`` 1 (1-D RoPE) or 3 (M-RoPE t/h/w); frame_ids, kinds, counts ``(seq_len,)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class TokenKind(IntEnum):
+    """What a cache entry is; policies treat kinds differently (system entries are never evicted)."""
+
+    SYSTEM = 0
+    VISUAL = 1
+    TEXT = 2
+    ANCHOR = 3
+
+
+@dataclass
+class TokenMeta:
+    """Metadata of a run of tokens, as given to :meth:`MemoryCache.commit`.
+
+    Attributes:
+        positions: ``(pos_dims, L)`` long, the RoPE positions the keys were rotated with.
+        frame_ids: ``(L,)`` long, the stream frame index of visual tokens, -1 otherwise.
+        kinds: ``(L,)`` long, :class:`TokenKind` values.
+    """
+
+    positions: torch.Tensor
+    frame_ids: torch.Tensor
+    kinds: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n = self.positions.shape[-1]
+        if self.positions.ndim != 2:
+            raise ValueError(f"positions must be (pos_dims, L), got {tuple(self.positions.shape)}")
+        if self.frame_ids.shape != (n,) or self.kinds.shape != (n,):
+            raise ValueError(
+                f"metadata lengths differ: positions {n}, frame_ids {tuple(self.frame_ids.shape)}, "
+                f"kinds {tuple(self.kinds.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.positions.shape[-1]
+
+
+class MemoryLayer(DynamicLayer):
+    """One layer's keys and values plus per-entry metadata, kept aligned along the sequence axis."""
+
+    def __init__(self, pos_dims: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.pos_dims = pos_dims
+        self.positions = torch.zeros(pos_dims, 0, dtype=torch.long)
+        self.frame_ids = torch.zeros(0, dtype=torch.long)
+        self.kinds = torch.zeros(0, dtype=torch.long)
+        self.counts = torch.zeros(0, dtype=torch.float32)
+
+    # ---- metadata -------------------------------------------------------------------------------
+    def append_meta(self, meta: TokenMeta) -> None:
+        self.positions = torch.cat([self.positions, meta.positions.to(self.positions)], dim=1)
+        self.frame_ids = torch.cat([self.frame_ids, meta.frame_ids.to(self.frame_ids)])
+        self.kinds = torch.cat([self.kinds, meta.kinds.to(self.kinds)])
+        self.counts = torch.cat([self.counts, torch.ones(len(meta), dtype=self.counts.dtype)])
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the entries at ``index`` (1-D long, in the order given)."""
+        index = index.to(torch.long)
+        if self.is_initialized and self.keys.numel() > 0:
+            dev_index = index.to(self.keys.device)
+            self.keys = self.keys.index_select(-2, dev_index)
+            self.values = self.values.index_select(-2, dev_index)
+        self.positions = self.positions.index_select(1, index)
+        self.frame_ids = self.frame_ids.index_select(0, index)
+        self.kinds = self.kinds.index_select(0, index)
+        self.counts = self.counts.index_select(0, index)
+
+    def replace(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        positions: torch.Tensor,
+        frame_ids: torch.Tensor,
+        kinds: torch.Tensor,
+        counts: torch.Tensor,
+    ) -> None:
+        """Swap in a whole new content (used by policies that merge or fold entries)."""
+        n = keys.shape[-2]
+        if not (values.shape[-2] == positions.shape[1] == frame_ids.shape[0] == kinds.shape[0] == counts.shape[0] == n):
+            raise ValueError("replace(): keys, values and metadata must have the same length")
+        self.keys, self.values = keys, values
+        self.positions, self.frame_ids, self.kinds, self.counts = positions, frame_ids, kinds, counts
+
+    def truncate(self, length: int) -> None:
+        """Drop every entry after the first ``length`` (restores the state before a question)."""
+        if self.is_initialized and self.keys.numel() > 0:
+            self.keys = self.keys[..., :length, :]
+            self.values = self.values[..., :length, :]
+        self.positions = self.positions[:, :length]
+        self.frame_ids = self.frame_ids[:length]
+        self.kinds = self.kinds[:length]
+        self.counts = self.counts[:length]
+
+    def __len__(self) -> int:
+        return self.frame_ids.shape[0]
+
+
+class MemoryCache(Cache):
+    """A list of :class:`MemoryLayer` usable as ``past_key_values`` by any transformers 5.x model.
+
+    The model writes keys and values through ``update`` (already rotated); the caller then
+    :meth:`commit`s the metadata of the tokens it just ran, which checks that every layer grew by
+    exactly that many entries. All layers keep the same physical length, which attention masks need.
+    """
+
+    def __init__(self, num_layers: int, pos_dims: int = 1) -> None:
+        if num_layers <= 0:
+            raise ValueError(f"num_layers must be positive, got {num_layers}")
+        if pos_dims not in (1, 3):
+            raise ValueError(f"pos_dims must be 1 (RoPE) or 3 (M-RoPE), got {pos_dims}")
+        super().__init__(layers=[MemoryLayer(pos_dims=pos_dims) for _ in range(num_layers)])
+        self.pos_dims = pos_dims
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def commit(self, meta: TokenMeta) -> None:
+        """Record the metadata of the ``len(meta)`` tokens the model just appended to every layer."""
+        if meta.positions.shape[0] != self.pos_dims:
+            raise ValueError(f"positions have {meta.positions.shape[0]} dims, cache expects {self.pos_dims}")
+        for i, layer in enumerate(self.layers):
+            if layer.get_seq_length() != len(layer) + len(meta):
+                raise RuntimeError(
+                    f"layer {i} holds {layer.get_seq_length()} entries but metadata for "
+                    f"{len(layer) + len(meta)}: the model's forward and commit() are out of step"
+                )
+            layer.append_meta(meta)
+
+    def physical_length(self) -> int:
+        lengths = {len(layer) for layer in self.layers}
+        if len(lengths) != 1:
+            raise RuntimeError(f"layers have different lengths {sorted(lengths)}; attention masks need equal lengths")
+        return lengths.pop()
+
+    def truncate(self, length: int) -> None:
+        for layer in self.layers:
+            layer.truncate(length)
+
+    def count(self, kind: TokenKind, layer_idx: int = 0) -> int:
+        return int((self.layers[layer_idx].kinds == int(kind)).sum())
+
+    def kv_bytes(self) -> int:
+        """Bytes held by keys and values over all layers (metadata excluded)."""
+        total = 0
+        for layer in self.layers:
+            if layer.is_initialized and layer.keys is not None:
+                total += layer.keys.numel() * layer.keys.element_size()
+                total += layer.values.numel() * layer.values.element_size()
+        return total
+
+    def state(self) -> list[dict[str, torch.Tensor]]:
+        """A detached copy of everything the memory holds, for equality checks and snapshots."""
+        out = []
+        for layer in self.layers:
+            entry = {
+                "positions": layer.positions.clone(),
+                "frame_ids": layer.frame_ids.clone(),
+                "kinds": layer.kinds.clone(),
+                "counts": layer.counts.clone(),
+            }
+            if layer.is_initialized and layer.keys is not None:
+                entry["keys"] = layer.keys.detach().clone()
+                entry["values"] = layer.values.detach().clone()
+            out.append(entry)
+        return out
+
+    def max_position(self) -> int:
+        """Largest logical position held anywhere (-1 when empty)."""
+        return max((int(layer.positions.max()) if len(layer) else -1) for layer in self.layers)

@@ -1,0 +1,73 @@
+"""The interface between the streaming session and a memory policy.
+
+A policy decides what the KV memory keeps, folds or drops after each chunk of visual tokens is
+written; the tensors live in :class:`~ppllava_hermes.memory.cache.MemoryCache`. Policies see keys,
+values, positions and token metadata only: nothing of video, pooling or a model family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.base import RopeSpec
+from .cache import MemoryCache
+
+
+@dataclass
+class CompressResult:
+    """What one call to :meth:`MemoryPolicy.compress` did.
+
+    Attributes:
+        evicted: entries removed per layer (max over layers).
+        merged: entries folded into others (anchors, merges), max over layers.
+        next_position: where the next token's positions start after re-indexing (None: unchanged).
+        seconds: wall time spent compressing.
+    """
+
+    evicted: int = 0
+    merged: int = 0
+    next_position: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class AttentionProbe:
+    """Attention of pseudo-query prompts to the cache, one ``(seq_len,)`` tensor per layer per prompt.
+
+    ``scores[name][layer]`` is the attention weight each cache entry received, averaged over heads and
+    over the prompt's tokens.
+    """
+
+    scores: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+class MemoryPolicy:
+    """Base policy: keep everything (the full cache). Subclasses override :meth:`compress`.
+
+    Class attributes a session reads:
+        probe_prompts: pseudo-query prompts whose attention the policy wants before compressing
+            (empty: no probe is run).
+    """
+
+    name: str = "full"
+    probe_prompts: dict[str, str] = {}
+
+    def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
+        """Called once the system prompt is in the cache; raise ``ValueError`` on a bad configuration."""
+
+    def wants_compress(self, cache: MemoryCache) -> bool:
+        """Whether :meth:`compress` has work to do now (lets the session skip the probe)."""
+        return False
+
+    def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
+                 next_position: int) -> CompressResult:
+        """Shrink ``cache`` in place to the policy's budget. Default: keep everything."""
+        return CompressResult()
+
+
+class FullCache(MemoryPolicy):
+    """No eviction: the reference for parity and the upper bound of quality and cost."""
+
+    name = "full"

@@ -1,0 +1,216 @@
+"""The contract between the streaming engine and one Hugging Face VLM family.
+
+An adapter turns frames into visual tokens laid out on their grid, wraps visual tokens and text into
+:class:`Segment`s (input embeddings + the positions the model's own ``get_rope_index`` would give +
+token kinds), and runs the language model on one segment with a given cache. It knows nothing of the
+streaming session, of memory policies or of pooling: the session drives the adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..memory.cache import TokenKind, TokenMeta
+
+
+@dataclass
+class VisualTokens:
+    """Visual tokens of one chunk in the LLM's embedding space, on their grid.
+
+    Attributes:
+        features: ``(t, h, w, D)``: t temporal groups (Qwen2.5-VL: frame pairs; LLaVA-OneVision:
+            frames), an h x w token grid each.
+        suffix: ``(k, D)`` tokens the family appends after the grid (LLaVA-OneVision's newline), not pooled.
+        group_times: ``(t,)`` float seconds: timestamp of each group's first frame.
+        group_frame_ids: ``(t,)`` long: stream index of each group's first frame.
+        seconds_per_group: time one temporal group spans (Qwen2.5-VL's ``second_per_grid_ts``).
+    """
+
+    features: torch.Tensor
+    suffix: torch.Tensor
+    group_times: torch.Tensor
+    group_frame_ids: torch.Tensor
+    seconds_per_group: float
+
+    def __post_init__(self) -> None:
+        if self.features.ndim != 4:
+            raise ValueError(f"features must be (t, h, w, D), got {tuple(self.features.shape)}")
+        t = self.features.shape[0]
+        if self.group_times.shape != (t,) or self.group_frame_ids.shape != (t,):
+            raise ValueError(f"group_times / group_frame_ids must have length t={t}")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        t, h, w, _ = self.features.shape
+        return t, h, w
+
+    @property
+    def num_tokens(self) -> int:
+        t, h, w = self.grid
+        return t * h * w + self.suffix.shape[0]
+
+    def with_features(self, features: torch.Tensor, group_times: torch.Tensor, group_frame_ids: torch.Tensor,
+                      seconds_per_group: float) -> VisualTokens:
+        """The same chunk with a new grid (e.g. after pooling)."""
+        return replace(self, features=features, group_times=group_times, group_frame_ids=group_frame_ids,
+                       seconds_per_group=seconds_per_group)
+
+
+@dataclass
+class Segment:
+    """A run of tokens ready for the language model.
+
+    Attributes:
+        embeds: ``(L, D)`` input embeddings.
+        meta: positions ``(pos_dims, L)``, frame ids and kinds (see :class:`TokenMeta`).
+        next_position: the position the next segment starts at (the model's own rule).
+    """
+
+    embeds: torch.Tensor
+    meta: TokenMeta
+    next_position: int
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    """What a memory policy needs to re-rotate keys: inverse frequencies and, for M-RoPE, sections."""
+
+    inv_freq: torch.Tensor
+    mrope_section: tuple[int, ...] | None
+    attention_scaling: float
+    max_position_embeddings: int
+
+
+def text_meta(length: int, start: int, pos_dims: int, kind: TokenKind) -> TokenMeta:
+    """Positions ``start .. start+length-1`` on every axis (text uses 1-D positions, copied per axis)."""
+    pos = torch.arange(start, start + length, dtype=torch.long)
+    return TokenMeta(
+        positions=pos.unsqueeze(0).expand(pos_dims, -1).clone(),
+        frame_ids=torch.full((length,), -1, dtype=torch.long),
+        kinds=torch.full((length,), int(kind), dtype=torch.long),
+    )
+
+
+class VLMAdapter(ABC):
+    """Base class of the per-family adapters. Subclasses wrap a HF ``...ForConditionalGeneration``."""
+
+    #: 3 for M-RoPE (t, h, w), 1 for 1-D RoPE.
+    pos_dims: int = 1
+    #: frames consumed per temporal group (Qwen2.5-VL: 2).
+    frames_per_group: int = 1
+    #: how many trailing visual tokens are not on the grid (LLaVA-OneVision's newline).
+    family: str = ""
+
+    def __init__(self, model, tokenizer, video_processor, system_prompt: str = "You are a helpful assistant.") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.video_processor = video_processor
+        self.system_prompt = system_prompt
+
+    # ---- properties every family provides -------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    @abstractmethod
+    def language_model(self) -> torch.nn.Module: ...
+
+    @property
+    def text_config(self):
+        return self.language_model.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.text_config.num_hidden_layers
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = {self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
+        eos = self.tokenizer.eos_token_id
+        if eos is not None:
+            ids.add(eos)
+        return sorted(i for i in ids if i is not None and i >= 0)
+
+    def rope_spec(self) -> RopeSpec:
+        rotary = self.language_model.rotary_emb
+        section = getattr(rotary, "mrope_section", None)
+        return RopeSpec(
+            inv_freq=rotary.inv_freq.detach().float().cpu().clone(),
+            mrope_section=tuple(section) if (section is not None and self.pos_dims == 3) else None,
+            attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)),
+            max_position_embeddings=int(self.text_config.max_position_embeddings),
+        )
+
+    # ---- prompt format (ChatML for both families) -----------------------------------------------
+    def prefix_text(self) -> str:
+        """Text before the first video chunk: the system turn and the opening of the user turn."""
+        return f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n<|im_start|>user\n"
+
+    def question_text(self, question: str) -> str:
+        """Text after the video: the question, closing the user turn and opening the answer."""
+        return f"{question}<|im_end|>\n<|im_start|>assistant\n"
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        """``(L,)`` long token ids, no special tokens added."""
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(L,)`` ids -> ``(L, D)`` input embeddings."""
+        return self.model.get_input_embeddings()(ids.to(self.device))
+
+    def text_segment(self, ids: torch.Tensor, start: int, kind: TokenKind = TokenKind.TEXT) -> Segment:
+        meta = text_meta(len(ids), start, self.pos_dims, kind)
+        return Segment(self.embed_ids(ids), meta, start + len(ids))
+
+    # ---- family-specific ------------------------------------------------------------------------
+    @abstractmethod
+    def encode_frames(self, frames: np.ndarray, timestamps: np.ndarray, first_frame_id: int) -> VisualTokens:
+        """``(T, H, W, 3)`` uint8 frames -> visual tokens; ``T`` must be a multiple of ``frames_per_group``."""
+
+    @abstractmethod
+    def visual_segment(self, visual: VisualTokens, start: int) -> Segment:
+        """Wrap a chunk's visual tokens (with the family's delimiters) into a segment at ``start``."""
+
+    @abstractmethod
+    def lm_positions(self, meta: TokenMeta) -> torch.Tensor:
+        """The ``position_ids`` tensor the language model takes for one segment (batch 1)."""
+
+    def forward(self, segment_embeds: torch.Tensor, meta: TokenMeta, cache, output_attentions: bool = False):
+        """Run the language model on one segment. Returns ``(logits (1, L, V), attentions or None)``.
+
+        Keys and values are appended to ``cache``; the caller commits ``meta`` afterwards.
+        """
+        out = self.language_model(
+            inputs_embeds=segment_embeds.unsqueeze(0).to(self.dtype),
+            position_ids=self.lm_positions(meta).to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+            output_attentions=output_attentions,
+        )
+        logits = self.model.lm_head(out.last_hidden_state)
+        return logits, (out.attentions if output_attentions else None)
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Temporarily use eager attention so that attention weights can be returned (memory probes)."""
+        config = self.language_model.config
+        previous = config._attn_implementation
+        config._attn_implementation = "eager"
+        try:
+            yield
+        finally:
+            config._attn_implementation = previous

@@ -1,0 +1,101 @@
+"""Adapter for LLaVA-OneVision (SigLIP tower, projector, 2x bilinear pooling, Qwen2 LM with 1-D RoPE).
+
+A chunk of T frames becomes the model's own video layout: T x h x w tokens followed by one newline
+token, with contiguous 1-D positions. Knows nothing of streaming, memory policies or pooling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..memory.cache import TokenKind, TokenMeta
+from .base import Segment, VisualTokens, VLMAdapter
+
+
+class LlavaOnevisionAdapter(VLMAdapter):
+    """Wraps ``LlavaOnevisionForConditionalGeneration``."""
+
+    pos_dims = 1
+    frames_per_group = 1
+    family = "llava_onevision"
+
+    def __init__(self, model, tokenizer, video_processor=None, **kwargs) -> None:
+        if video_processor is None:
+            video_processor = default_video_processor(model.config)
+        super().__init__(model, tokenizer, video_processor, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str = "auto", device: str | None = None,
+                        attn_implementation: str | None = None, **kwargs) -> LlavaOnevisionAdapter:
+        """Load a real checkpoint (local folder, or a hub name where the hub is reachable)."""
+        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=dtype, **extra).eval()
+        if device:
+            model = model.to(device)
+        processor = AutoProcessor.from_pretrained(path)
+        return cls(model, processor.tokenizer, processor.video_processor, **kwargs)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        self.video_processor.save_pretrained(path)
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        return self.model.model.language_model
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray, timestamps: np.ndarray, first_frame_id: int) -> VisualTokens:
+        if len(frames) == 0:
+            raise ValueError("encode_frames() needs at least one frame")
+        cfg = self.model.config
+        batch = self.video_processor(videos=[np.asarray(frames)], return_tensors="pt")
+        pixels = batch["pixel_values_videos"].to(self.device, self.dtype)
+        out = self.model.model.get_video_features(
+            pixels,
+            vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        ).pooler_output[0]
+        t = len(frames)
+        per_frame = (out.shape[0] - 1) // t
+        side = int(round(per_frame**0.5))
+        features = out[: t * per_frame].reshape(t, side, side, -1)
+        ts = np.asarray(timestamps, dtype=np.float64)
+        step = float(np.median(np.diff(ts))) if t > 1 else 1.0
+        return VisualTokens(
+            features=features,
+            suffix=out[t * per_frame :],
+            group_times=torch.as_tensor(ts),
+            group_frame_ids=first_frame_id + torch.arange(t, dtype=torch.long),
+            seconds_per_group=step,
+        )
+
+    def visual_segment(self, visual: VisualTokens, start: int) -> Segment:
+        t, h, w = visual.grid
+        grid_tokens = visual.features.reshape(t * h * w, -1)
+        embeds = torch.cat([grid_tokens, visual.suffix.to(grid_tokens.dtype)], dim=0)
+        n = embeds.shape[0]
+        frame_ids = visual.group_frame_ids.repeat_interleave(h * w)
+        frame_ids = torch.cat([frame_ids, frame_ids[-1:].expand(visual.suffix.shape[0])])
+        meta = TokenMeta(
+            positions=torch.arange(start, start + n, dtype=torch.long).unsqueeze(0),
+            frame_ids=frame_ids,
+            kinds=torch.full((n,), int(TokenKind.VISUAL), dtype=torch.long),
+        )
+        return Segment(embeds, meta, start + n)
+
+    def lm_positions(self, meta: TokenMeta) -> torch.Tensor:
+        return meta.positions  # (1, L): batch 1 of 1-D positions
+
+
+def default_video_processor(config):
+    """A video processor for a config without a saved one (tiny test models)."""
+    from transformers import LlavaOnevisionVideoProcessor
+
+    size = config.vision_config.image_size
+    return LlavaOnevisionVideoProcessor(size={"height": size, "width": size}, do_sample_frames=False)
