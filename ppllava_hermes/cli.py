@@ -1,0 +1,230 @@
+"""The ``ppllava-hermes`` command: stream a video through a VLM with memory and pooling, ask timed questions.
+
+Subcommands:
+    stream  VIDEO --model M --ask "12.5:what is happening?" ...
+    demo    a generated ShapesWorld video through the shipped model (the README's first command)
+    eval    run an evaluation (see ``ppllava_hermes.evaluation``)
+
+This module only parses arguments and prints; the work lives in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+TINY_MODELS = ("tiny-qwen2.5-vl", "tiny-llava-onevision")
+
+
+@dataclass
+class TimedQuestion:
+    """A question asked when the stream reaches ``time`` seconds."""
+
+    time: float
+    text: str
+
+
+def parse_timed_question(spec: str) -> TimedQuestion:
+    """``"12.5:what is happening?"`` -> TimedQuestion(12.5, "what is happening?")."""
+    head, sep, text = spec.partition(":")
+    try:
+        t = float(head)
+    except ValueError:
+        t = None
+    if not sep or t is None or t < 0 or not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"--ask {spec!r}: expected SECONDS:QUESTION with SECONDS >= 0, e.g. '12.5:what is happening?'"
+        )
+    return TimedQuestion(t, text.strip())
+
+
+def build_adapter(model: str, *, device: str | None = None, dtype: str = "auto"):
+    """Resolve ``--model``: a tiny random model name, or a checkpoint path / hub name."""
+    from .models import adapter_for_model, load_adapter
+
+    if model in TINY_MODELS:
+        from . import testing
+
+        build = testing.tiny_qwen2_5_vl if model == "tiny-qwen2.5-vl" else testing.tiny_llava_onevision
+        net, tok = build()
+        print(f"note: {model} is a tiny RANDOM model: its answers are noise; it shows the pipeline and timings.")
+        return adapter_for_model(net, tok)
+    if model == "shapesworld":
+        from .world.model import load_shapesworld_adapter
+
+        return load_shapesworld_adapter(device=device)
+    return load_adapter(model, device=device, dtype=dtype)
+
+
+def build_policy(name: str, budget: int | None):
+    from .memory import make_policy
+
+    return make_policy(name, budget=budget)
+
+
+def _format_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .streaming import GenerationConfig, StreamConfig, StreamingSession
+    from .video import VideoError, probe, stream_video
+
+    source = args.video
+    try:
+        info = probe(source) if Path(source).exists() and Path(source).is_file() else None
+    except VideoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    adapter = build_adapter(args.model, device=args.device)
+    session = StreamingSession(
+        adapter,
+        memory=build_policy(args.memory, args.budget),
+        pooling=build_pooling(args, adapter),
+        config=StreamConfig(chunk_frames=args.chunk_frames, max_new_tokens=args.max_new_tokens),
+    )
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                           temperature=args.temperature if args.temperature > 0 else 1.0, seed=args.seed)
+    questions = sorted(args.ask or [], key=lambda q: q.time)
+    results = []
+    total = None
+    if info is not None and info.duration:
+        total = int(info.duration * args.fps) if args.fps else info.num_frames
+    bar = tqdm(total=total, unit="frame", desc="ingest", disable=args.quiet)
+
+    def answer(q: TimedQuestion) -> None:
+        bar.clear()
+        ans = session.ask(q.text, gen)
+        row = {
+            "time": q.time, "question": q.text, "answer": ans.text,
+            "ttft_ms": round(ans.ttft_s * 1000, 2), "total_ms": round(ans.total_s * 1000, 2),
+            "kv_bytes": ans.kv_bytes, "memory_tokens": ans.cache_tokens,
+            "visual_tokens_seen": ans.visual_tokens_seen, "frames_seen": ans.frames_seen,
+            "last_frame_time": ans.last_frame_time,
+        }
+        results.append(row)
+        print(f"[{q.time:8.2f}s] Q: {q.text}\n{'':11} A: {ans.text!r}\n{'':11} TTFT {row['ttft_ms']:.1f} ms, "
+              f"total {row['total_ms']:.1f} ms, KV {_format_bytes(ans.kv_bytes)} ({ans.cache_tokens} entries/layer), "
+              f"{ans.visual_tokens_seen} visual tokens seen, {ans.frames_seen} frames")
+        bar.refresh()
+
+    try:
+        for clip in stream_video(source, chunk_frames=args.chunk_frames, fps=args.fps, realtime=args.realtime,
+                                 max_frames=args.max_frames):
+            start = 0
+            # Ask each question as soon as the stream reaches its time, with no later frame in memory.
+            while questions and questions[0].time < clip.timestamps[-1]:
+                q = questions.pop(0)
+                stop = int((clip.timestamps <= q.time).sum())
+                if stop > start:
+                    session.add_frames(clip.frames[start:stop], clip.timestamps[start:stop])
+                    bar.update(stop - start)
+                    start = stop
+                answer(q)
+            if start < len(clip):
+                session.add_frames(clip.frames[start:], clip.timestamps[start:])
+                bar.update(len(clip) - start)
+    except VideoError as err:
+        bar.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for q in questions:  # questions after the end of the stream
+        answer(q)
+    bar.close()
+    st = session.stats
+    print(f"ingested {st.frames} frames in {st.chunks} chunks: {st.visual_tokens} visual tokens into the LLM, "
+          f"encode {st.encode_s:.2f}s, prefill {st.prefill_s:.2f}s, compress {st.compress_s:.2f}s, "
+          f"peak KV {_format_bytes(st.peak_kv_bytes)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"questions": results, "stats": {
+            k: v for k, v in asdict(st).items() if k != "compress_log"}}, indent=2))
+    return 0
+
+
+def build_pooling(args: argparse.Namespace, adapter):
+    """The pooling stage for ``--pool`` (None: no pooling)."""
+    if getattr(args, "pool", "none") == "none":
+        return None
+    from .streaming.pooling_stage import make_pooling_stage
+
+    return make_pooling_stage(adapter, mode=args.pool, kernel=args.pool_kernel,
+                              standing_query=args.standing_query, clip=args.clip)
+
+
+def _kernel(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"--pool-kernel {text!r}: expected three positive integers T,H,W such as 2,3,3")
+    return parts  # type: ignore[return-value]
+
+
+def add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
+    p.add_argument("--model", default=default_model,
+                   help=f"checkpoint folder or hub name of a Qwen2.5-VL / Qwen2-VL / LLaVA-OneVision model, "
+                        f"'shapesworld' for the shipped tiny model, or one of {', '.join(TINY_MODELS)} "
+                        f"(random weights, for trying the pipeline). Default: {default_model}")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: CPU)")
+    p.add_argument("--memory", default="hermes", choices=["full", "window", "sink", "hermes", "uniform"],
+                   help="KV memory policy (default: hermes)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="visual tokens kept per layer by the memory policy (default: the policy's own)")
+    p.add_argument("--pool", default="none", choices=["none", "avg", "prompt"],
+                   help="token pooling before the LLM: none; avg (plain 3-D average pooling, no query); "
+                        "prompt (PPLLaVA prompt-guided pooling against --standing-query)")
+    p.add_argument("--pool-kernel", type=_kernel, default=(2, 3, 3),
+                   help="pooling kernel T,H,W over the model's token grid (default 2,3,3, the reference)")
+    p.add_argument("--standing-query", default=None,
+                   help="query given at session start: each incoming chunk is pooled against it (--pool prompt)")
+    p.add_argument("--clip", default=None, help="CLIP-family relevance model for --pool prompt (default: the "
+                                                "model's own, e.g. the shipped ShapesWorld CLIP)")
+    p.add_argument("--chunk-frames", type=int, default=8, help="frames per prefill chunk (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default 32)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ppllava-hermes", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stream", help="stream a video (file, URL, device or image folder) and ask timed questions")
+    p.add_argument("video", help="video file, folder of images, or any URL / device PyAV opens (rtsp://, /dev/video0)")
+    add_model_args(p, "tiny-qwen2.5-vl")
+    p.add_argument("--ask", action="append", type=parse_timed_question, metavar="SECONDS:QUESTION",
+                   help="ask QUESTION when the stream reaches SECONDS (repeatable)")
+    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--realtime", action="store_true", help="pace a file at real time, like a live stream")
+    p.add_argument("--json", default=None, help="also write answers and statistics to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_stream)
+
+    d = sub.add_parser("demo", help="stream a generated ShapesWorld video and answer timed questions")
+    d.add_argument("--minutes", type=float, default=3.0, help="length of the generated video (default 3)")
+    d.add_argument("--seed", type=int, default=7, help="world seed (default 7)")
+    d.add_argument("--questions", type=int, default=12, help="how many timed questions (default 12)")
+    d.add_argument("--model", default=None, help="default: the shipped ShapesWorld model, else a tiny random one")
+    d.add_argument("--memory", default="hermes", choices=["full", "window", "sink", "hermes", "uniform"])
+    d.add_argument("--budget", type=int, default=None)
+    d.add_argument("--pool", default="prompt", choices=["none", "avg", "prompt"])
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=lambda a: __import__("ppllava_hermes.world.demo", fromlist=["run_demo"]).run_demo(a))
+
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
