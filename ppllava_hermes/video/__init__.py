@@ -1,0 +1,38 @@
+"""Video input: open files, URLs, devices and image folders; sample frames with their timestamps.
+
+Public API:
+    probe(path) -> VideoInfo
+    read_video(path, *, fps=None, num_frames=None, max_frames=None, backend="auto") -> VideoClip
+    stream_video(source, *, chunk_frames=None, chunk_seconds=None, fps=None, realtime=False,
+                 max_frames=None, backend="auto", image_fps=1.0, timeout=10.0, options=None)
+        -> Iterator[VideoClip]
+    write_video(path, frames, fps, *, codec="h264", keyframe_interval=None, rotation=0, options=None) -> Path
+    uniform_indices(n_total, n), fps_indices(timestamps, target_fps), FpsSampler, Sampling
+    VideoClip, VideoInfo, VideoError, VideoNotFoundError, VideoDecodeWarning
+
+Everything here returns RGB uint8 frames at their stored resolution (rotated upright); resizing and
+model preprocessing belong to later stages.
+"""
+
+from .errors import VideoDecodeWarning, VideoError, VideoNotFoundError
+from .reader import VideoInfo, probe, read_video
+from .sampling import FpsSampler, Sampling, fps_indices, uniform_indices
+from .sources import stream_video
+from .types import VideoClip
+from .writer import write_video
+
+__all__ = [
+    "FpsSampler",
+    "Sampling",
+    "VideoClip",
+    "VideoDecodeWarning",
+    "VideoError",
+    "VideoInfo",
+    "VideoNotFoundError",
+    "fps_indices",
+    "probe",
+    "read_video",
+    "stream_video",
+    "uniform_indices",
+    "write_video",
+]
