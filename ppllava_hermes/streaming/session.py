@@ -126,6 +126,7 @@ class StreamingSession:
         group = adapter.frames_per_group
         self.chunk_frames = max(group, self.config.chunk_frames // group * group)
         self.rope = adapter.rope_spec()
+        self.memory.check_model(self.rope, adapter.num_layers)
         self.reset()
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -139,6 +140,9 @@ class StreamingSession:
         self._pending_frames: list[np.ndarray] = []
         self._pending_times: list[float] = []
         self._started = False
+        # Offline policies (memory.stores_frames): decoded frames kept for question time, T x H x W x 3 bytes.
+        self._frame_store: list[np.ndarray] = []
+        self._tokens_per_frame: int | None = None
 
     def _start(self) -> None:
         ids = self.adapter.tokenize(self.adapter.prefix_text())
@@ -209,21 +213,34 @@ class StreamingSession:
         times = np.asarray(self._pending_times[:n])
         del self._pending_frames[:n], self._pending_times[:n]
         first_id = len(self.frame_log)
+        real = n - padded
+        if self.memory.stores_frames:  # offline baseline: nothing is prefilled until a question
+            self._frame_store.extend(frames[:real])
+            self.frame_log.extend((first_id + i, float(times[i])) for i in range(real))
+            self.stats.frames += real
+            return
         t0 = time.perf_counter()
         visual = self.adapter.encode_frames(frames, times, first_id)
         if self.pooling is not None:
             visual = self.pooling(visual, frames)
+        self.stats.encode_s += time.perf_counter() - t0
+        self.add_visual_tokens(visual, times[:real])
+
+    def add_visual_tokens(self, visual: VisualTokens, frame_times: np.ndarray) -> None:
+        """Prefill already-encoded (possibly pooled) visual tokens of the next ``len(frame_times)`` frames.
+
+        Used by :meth:`add_frames`, and by offline re-pooling, which never decodes or encodes the video again.
+        """
+        if not self._started:
+            self._start()
+        first_id = len(self.frame_log)
         t1 = time.perf_counter()
-        seg = self.adapter.visual_segment(visual, self.next_position)
-        self._run(seg)
-        t2 = time.perf_counter()
-        real = n - padded
-        self.frame_log.extend((first_id + i, float(times[i])) for i in range(real))
-        self.stats.frames += real
+        self._run(self.adapter.visual_segment(visual, self.next_position))
+        self.stats.prefill_s += time.perf_counter() - t1
+        self.frame_log.extend((first_id + i, float(t)) for i, t in enumerate(frame_times))
+        self.stats.frames += len(frame_times)
         self.stats.chunks += 1
         self.stats.visual_tokens += visual.num_tokens
-        self.stats.encode_s += t1 - t0
-        self.stats.prefill_s += t2 - t1
         self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.cache.kv_bytes())
         self._compress()
 
@@ -270,6 +287,11 @@ class StreamingSession:
         self.flush()
         if not self._started:
             self._start()
+        stream_state = (self.cache, self.next_position)
+        replayed = self._replay_for_question()
+        if replayed is not None:  # offline policy: answer from freshly prefilled frames
+            self.cache, self.next_position = replayed
+            self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.cache.kv_bytes())
         length, position = self.cache.physical_length(), self.next_position
         cache_tokens, kv_bytes = length, self.cache.kv_bytes()
         ids = self.adapter.tokenize(self.adapter.question_text(question))
@@ -299,6 +321,7 @@ class StreamingSession:
             # The stream continues from the pre-question state.
             self.cache.truncate(length)
             self.next_position = position
+            self.cache, self.next_position = stream_state
         return Answer(
             text=self.adapter.tokenizer.decode(out_ids, skip_special_tokens=True),
             token_ids=out_ids,
@@ -311,6 +334,39 @@ class StreamingSession:
             last_frame_time=self.frame_log[-1][1] if self.frame_log else None,
             question_logits=q_logits,
         )
+
+    def _replay_for_question(self) -> tuple[MemoryCache, int] | None:
+        """For policies that store frames: a fresh cache with the system prompt and the frames they pick."""
+        if not self.memory.stores_frames:
+            return None
+        if self._tokens_per_frame is None and self._frame_store:
+            group = self.adapter.frames_per_group
+            probe_frames = np.stack(self._frame_store[:1] * group)
+            visual = self.adapter.encode_frames(probe_frames, np.arange(group, dtype=np.float64), 0)
+            if self.pooling is not None:
+                visual = self.pooling(visual, probe_frames)
+            self._tokens_per_frame = max(1, visual.num_tokens // group)
+        picks = self.memory.question_frames(len(self._frame_store), self._tokens_per_frame or 1) or []
+        saved = (self.cache, self.next_position)
+        self.cache, self.next_position = MemoryCache(self.adapter.num_layers, self.adapter.pos_dims), 0
+        try:
+            self._run(self.adapter.text_segment(self.adapter.tokenize(self.adapter.prefix_text()), 0, TokenKind.SYSTEM))
+            group = self.adapter.frames_per_group
+            for start in range(0, len(picks), self.chunk_frames):
+                chunk = picks[start : start + self.chunk_frames]
+                frames = np.stack([self._frame_store[i] for i in chunk])
+                times = np.asarray([self.frame_log[i][1] for i in chunk], dtype=np.float64)
+                missing = (-len(chunk)) % group
+                if missing:  # same padding as flush(): repeat the last frame
+                    frames = np.concatenate([frames, frames[-1:].repeat(missing, axis=0)])
+                    times = np.concatenate([times, times[-1] + 1e-6 * np.arange(1, missing + 1)])
+                visual = self.adapter.encode_frames(frames, times, chunk[0])
+                if self.pooling is not None:
+                    visual = self.pooling(visual, frames)
+                self._run(self.adapter.visual_segment(visual, self.next_position))
+            return self.cache, self.next_position
+        finally:
+            self.cache, self.next_position = saved
 
 
 def _sampling_processors(gen: GenerationConfig) -> LogitsProcessorList:
