@@ -13,18 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+from .streaming.timed import TimedQuestion
+
 TINY_MODELS = ("tiny-qwen2.5-vl", "tiny-llava-onevision")
-
-
-@dataclass
-class TimedQuestion:
-    """A question asked when the stream reaches ``time`` seconds."""
-
-    time: float
-    text: str
 
 
 def parse_timed_question(spec: str) -> TimedQuestion:
@@ -77,11 +71,14 @@ def run_stream(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .streaming import GenerationConfig, StreamConfig, StreamingSession
+    from .streaming.timed import run_timed_questions
     from .video import VideoError, probe, stream_video
 
     source = args.video
-    try:
-        info = probe(source) if Path(source).exists() and Path(source).is_file() else None
+    try:  # bad input fails here, before any model is loaded
+        info = probe(source) if Path(source).is_file() else None
+        clips = stream_video(source, chunk_frames=args.chunk_frames, fps=args.fps, realtime=args.realtime,
+                             max_frames=args.max_frames)
     except VideoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -94,16 +91,15 @@ def run_stream(args: argparse.Namespace) -> int:
     )
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                            temperature=args.temperature if args.temperature > 0 else 1.0, seed=args.seed)
-    questions = sorted(args.ask or [], key=lambda q: q.time)
+    questions = args.ask or []
     results = []
     total = None
     if info is not None and info.duration:
         total = int(info.duration * args.fps) if args.fps else info.num_frames
     bar = tqdm(total=total, unit="frame", desc="ingest", disable=args.quiet)
 
-    def answer(q: TimedQuestion) -> None:
+    def report(q: TimedQuestion, ans) -> None:
         bar.clear()
-        ans = session.ask(q.text, gen)
         row = {
             "time": q.time, "question": q.text, "answer": ans.text,
             "ttft_ms": round(ans.ttft_s * 1000, 2), "total_ms": round(ans.total_s * 1000, 2),
@@ -118,27 +114,11 @@ def run_stream(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        for clip in stream_video(source, chunk_frames=args.chunk_frames, fps=args.fps, realtime=args.realtime,
-                                 max_frames=args.max_frames):
-            start = 0
-            # Ask each question as soon as the stream reaches its time, with no later frame in memory.
-            while questions and questions[0].time < clip.timestamps[-1]:
-                q = questions.pop(0)
-                stop = int((clip.timestamps <= q.time).sum())
-                if stop > start:
-                    session.add_frames(clip.frames[start:stop], clip.timestamps[start:stop])
-                    bar.update(stop - start)
-                    start = stop
-                answer(q)
-            if start < len(clip):
-                session.add_frames(clip.frames[start:], clip.timestamps[start:])
-                bar.update(len(clip) - start)
+        run_timed_questions(session, clips, questions, gen, on_answer=report, on_frames=bar.update)
     except VideoError as err:
         bar.close()
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for q in questions:  # questions after the end of the stream
-        answer(q)
     bar.close()
     st = session.stats
     print(f"ingested {st.frames} frames in {st.chunks} chunks: {st.visual_tokens} visual tokens into the LLM, "
@@ -221,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--pool", default="prompt", choices=["none", "avg", "prompt"])
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=lambda a: __import__("ppllava_hermes.world.demo", fromlist=["run_demo"]).run_demo(a))
+
+    from .evaluation.command import add_eval_arguments, run_eval_command
+
+    e = sub.add_parser("eval", help="evaluate configurations on a benchmark: accuracy and efficiency in one run",
+                       description="Evaluate a VLM with memory and pooling configurations on a benchmark "
+                                   "(offline or streaming protocol); writes JSON, Markdown and PNG plots.")
+    add_eval_arguments(e)
+    e.set_defaults(func=lambda a: run_eval_command(a, argv))
 
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

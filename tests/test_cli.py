@@ -1,0 +1,72 @@
+"""The ppllava-hermes command: argument errors, help, and an end-to-end stream on a generated video."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ppllava_hermes.cli import main, parse_timed_question
+from ppllava_hermes.streaming import StreamConfig, StreamingSession
+from ppllava_hermes.streaming.timed import TimedQuestion, run_timed_questions
+from ppllava_hermes.video import VideoClip, write_video
+
+from .helpers import random_frames, tiny_adapter
+
+
+def test_parse_timed_question():
+    q = parse_timed_question("12.5:what is happening? a: b")
+    assert (q.time, q.text) == (12.5, "what is happening? a: b")
+    for bad in ("what?", "-1:what?", "x:what?", "3:   "):
+        with pytest.raises(Exception, match="SECONDS:QUESTION"):
+            parse_timed_question(bad)
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["stream", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--model", "--ask", "--memory", "--budget", "--pool", "--standing-query", "--fps", "--realtime"):
+        assert flag in out
+
+
+def test_missing_video_is_a_clear_error(tmp_path, capsys):
+    assert main(["stream", str(tmp_path / "nope.mp4"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "nope.mp4" in err and "not found" in err
+
+
+def test_stream_end_to_end_on_a_generated_video(tmp_path, capsys):
+    frames, _ = random_frames(12, size=56, seed=1)
+    path = write_video(tmp_path / "v.mp4", frames, fps=2.0)
+    out_json = tmp_path / "answers.json"
+    code = main(["stream", str(path), "--model", "tiny-qwen2.5-vl", "--memory", "full", "--fps", "2",
+                 "--ask", "2.0:what is happening?", "--ask", "100:and at the end?", "--max-new-tokens", "3",
+                 "--chunk-frames", "4", "--quiet", "--json", str(out_json)])
+    assert code == 0
+    data = json.loads(out_json.read_text())
+    first, last = data["questions"]
+    assert first["frames_seen"] == 5 and first["last_frame_time"] == 2.0  # frames 0, 0.5, ..., 2.0
+    assert last["frames_seen"] == 12
+    assert data["stats"]["frames"] == 12
+    assert "TTFT" in capsys.readouterr().out
+
+
+def test_timed_questions_see_no_future_frame():
+    adapter = tiny_adapter("llava_onevision")
+    session = StreamingSession(adapter, config=StreamConfig(chunk_frames=3))
+    frames, _ = random_frames(10, size=56, seed=2)
+    times = np.arange(10) * 1.0
+    clips = [VideoClip(frames[i : i + 4], times[i : i + 4]) for i in range(0, 10, 4)]
+    seen = []
+
+    def check(q, ans):
+        # the memory holds exactly the frames up to the question's time, none after
+        seen.append(max(t for _, t in session.frame_log))
+        assert ans.last_frame_time <= q.time
+        assert int(session.cache.layers[0].frame_ids.max()) == len(session.frame_log) - 1
+
+    qs = [TimedQuestion(2.5, "a?"), TimedQuestion(5.0, "b?"), TimedQuestion(0.0, "c?")]
+    done = run_timed_questions(session, clips, qs, on_answer=check)
+    assert [q.time for q, _ in done] == [0.0, 2.5, 5.0]
+    assert seen == [0.0, 2.0, 5.0]
+    assert session.stats.frames == 10
