@@ -1,0 +1,1 @@
+"""Runnable training scripts (``python -m train.<name>``); the library never imports them."""

@@ -1,0 +1,186 @@
+"""Train the ShapesWorld VLM (a tiny Qwen2.5-VL) on short-clip QA, on the CPU, reproducibly.
+
+    python -m train.train_world --steps 3000 --out ppllava_hermes/world/checkpoints/vlm
+
+Each example is exactly what the streaming session feeds at question time: the system turn, one
+video segment per chunk, the question, then the answer word. The loss is on the answer (and its
+end token) only. Data are generated on the fly from the train split's seeds (never repeating a
+clip), so there is no overfitting to a fixed set; evaluation uses held-out test seeds through the
+library's own StreamingSession.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppllava_hermes.evaluation.scoring import parse_choice, score_open
+from ppllava_hermes.models.qwen2_5_vl import Qwen2_5_VLAdapter, default_video_processor
+from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSession
+from ppllava_hermes.world.model import SYSTEM_PROMPT, answer_text, build_model, build_tokenizer, prompt_for
+from ppllava_hermes.world.tasks import iter_short_clips
+
+
+def vocabulary_corpus(n: int = 4000) -> list[str]:
+    """Text the word-level vocabulary is built from: prompts, questions, options and answers."""
+    from ppllava_hermes.world.generator import COLORS, DIRECTIONS, SHAPES
+    from ppllava_hermes.world.tasks import TASK_TYPES, TaskConfig, generate_questions, make_split
+
+    corpus = [SYSTEM_PROMPT, "system user assistant now nothing yes no", " ".join(COLORS + SHAPES + DIRECTIONS),
+              " ".join(str(i) for i in range(21))]
+    for _, rec in iter_short_clips("train", n // 2, seed_base=10**6):
+        corpus += [prompt_for(rec), answer_text(rec)]
+    split = make_split("train", 6, 240.0, seed_base=10**6, task_config=TaskConfig(questions_per_type=3))
+    for rec in split.records:
+        corpus += [prompt_for(rec), str(rec.answer) if not rec.options else answer_text(rec)]
+    del generate_questions, TASK_TYPES
+    return corpus
+
+
+class Batcher:
+    """Turns (frames, record) pairs into HF model inputs identical to the session's sequences."""
+
+    def __init__(self, adapter: Qwen2_5_VLAdapter) -> None:
+        self.adapter = adapter
+        self.tok = adapter.tokenizer
+        cfg = adapter.model.config
+        self.ids = cfg.vision_start_token_id, cfg.video_token_id, cfg.vision_end_token_id
+        self.prefix = adapter.tokenize(adapter.prefix_text()).tolist()
+        self.end = self.tok.convert_tokens_to_ids("<|im_end|>")
+        self.pad = self.tok.pad_token_id
+
+    def __call__(self, examples: list[tuple[np.ndarray, object]]) -> dict[str, torch.Tensor]:
+        batch = self.adapter.video_processor(videos=[f for f, _ in examples], return_tensors="pt")
+        grids = batch["video_grid_thw"]
+        seqs, labels, types = [], [], []
+        start, pad_id, end = self.ids
+        for (frames, rec), grid in zip(examples, grids, strict=True):
+            n = int(grid.prod()) // self.adapter.merge**2
+            q = self.adapter.tokenize(self.adapter.question_text(prompt_for(rec))).tolist()
+            a = self.adapter.tokenize(answer_text(rec)).tolist() + [self.end]
+            ids = self.prefix + [start] + [pad_id] * n + [end] + q + a
+            seqs.append(ids)
+            labels.append([-100] * (len(ids) - len(a)) + a)
+            types.append([0] * (len(self.prefix) + 1) + [2] * n + [0] * (1 + len(q) + len(a)))
+        width = max(map(len, seqs))
+
+        def pad(rows, value):
+            return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+        fps_step = 1.0
+        return dict(
+            input_ids=pad(seqs, self.pad),
+            attention_mask=pad([[1] * len(s) for s in seqs], 0),
+            labels=pad(labels, -100),
+            mm_token_type_ids=pad(types, 0),
+            pixel_values_videos=batch["pixel_values_videos"],
+            video_grid_thw=grids,
+            second_per_grid_ts=torch.full((len(examples),), self.adapter.frames_per_group * fps_step),
+        )
+
+
+@torch.no_grad()
+def evaluate(adapter: Qwen2_5_VLAdapter, n: int, split: str = "test", seed_base: int = 0) -> dict:
+    """Accuracy through the library's StreamingSession on ``n`` held-out clips (greedy answers)."""
+    adapter.model.eval()
+    per_type: dict[str, list[bool]] = defaultdict(list)
+    mc: list[bool] = []
+    session = StreamingSession(adapter, config=StreamConfig(chunk_frames=4))
+    for frames, rec in iter_short_clips(split, n, seed_base=seed_base):
+        session.reset()
+        session.add_frames(frames, np.arange(len(frames), dtype=np.float64))
+        ans = session.ask(prompt_for(rec), GenerationConfig(max_new_tokens=3)).text
+        if rec.options:
+            ok = parse_choice(ans, rec.options) == rec.answer
+            mc.append(ok)
+        else:
+            ok = score_open(ans, str(rec.answer))
+        per_type[rec.task_type].append(ok)
+    return {
+        "short_mc_accuracy": float(np.mean(mc)) if mc else float("nan"),
+        "short_accuracy": float(np.mean([x for v in per_type.values() for x in v])),
+        "per_task_accuracy": {k: float(np.mean(v)) for k, v in sorted(per_type.items())},
+        "n": n,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="ppllava_hermes/world/checkpoints/vlm")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--vision-depth", type=int, default=2)
+    p.add_argument("--vision-hidden", type=int, default=64)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-clips", type=int, default=200)
+    p.add_argument("--final-eval-clips", type=int, default=800)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=28.0, help="stop training after this long")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    t_start = time.time()
+    tokenizer = build_tokenizer(vocabulary_corpus())
+    model = build_model(tokenizer, hidden=args.hidden, layers=args.layers, vision_depth=args.vision_depth,
+                        vision_hidden=args.vision_hidden, seed=args.seed)
+    adapter = Qwen2_5_VLAdapter(model, tokenizer, default_video_processor(model.config), system_prompt=SYSTEM_PROMPT)
+    batcher = Batcher(adapter)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"vocab {len(tokenizer)}, parameters {n_params / 1e6:.2f} M")
+
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
+    )
+    data = iter_short_clips("train", args.steps * args.batch_size, seed_base=args.seed * 10**7)
+    log = []
+    step = 0
+    for step in range(1, args.steps + 1):
+        model.train()
+        examples = [next(data) for _ in range(args.batch_size)]
+        loss = model(**batcher(examples)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0:
+            print(f"step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
+                  f"{(time.time() - t_start) / 60:.1f} min", flush=True)
+        if step % args.eval_every == 0:
+            res = evaluate(adapter, args.eval_clips, split="val")
+            log.append({"step": step, **res})
+            print(f"  val: {json.dumps(res)}", flush=True)
+        if (time.time() - t_start) / 60 > args.max_minutes:
+            print(f"stopping at step {step}: time limit {args.max_minutes} min")
+            break
+    train_minutes = (time.time() - t_start) / 60
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    final = evaluate(adapter, args.final_eval_clips, split="test")
+    report = {"steps": step, "train_minutes": round(train_minutes, 2), "parameters": n_params,
+              "args": vars(args), "val_log": log, "test": final}
+    (out / "training_report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(final, indent=2))
+
+
+if __name__ == "__main__":
+    main()
