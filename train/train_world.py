@@ -32,7 +32,7 @@ from ppllava_hermes.world.tasks import iter_short_clips
 def vocabulary_corpus(n: int = 4000) -> list[str]:
     """Text the word-level vocabulary is built from: prompts, questions, options and answers."""
     from ppllava_hermes.world.generator import COLORS, DIRECTIONS, SHAPES
-    from ppllava_hermes.world.tasks import TASK_TYPES, TaskConfig, generate_questions, make_split
+    from ppllava_hermes.world.tasks import TaskConfig, make_split
 
     corpus = [SYSTEM_PROMPT, "system user assistant now nothing yes no", " ".join(COLORS + SHAPES + DIRECTIONS),
               " ".join(str(i) for i in range(21))]
@@ -40,8 +40,7 @@ def vocabulary_corpus(n: int = 4000) -> list[str]:
         corpus += [prompt_for(rec), answer_text(rec)]
     split = make_split("train", 6, 240.0, seed_base=10**6, task_config=TaskConfig(questions_per_type=3))
     for rec in split.records:
-        corpus += [prompt_for(rec), str(rec.answer) if not rec.options else answer_text(rec)]
-    del generate_questions, TASK_TYPES
+        corpus += [prompt_for(rec), answer_text(rec)]
     return corpus
 
 
@@ -62,7 +61,7 @@ class Batcher:
         grids = batch["video_grid_thw"]
         seqs, labels, types = [], [], []
         start, pad_id, end = self.ids
-        for (frames, rec), grid in zip(examples, grids, strict=True):
+        for (_, rec), grid in zip(examples, grids, strict=True):
             n = int(grid.prod()) // self.adapter.merge**2
             q = self.adapter.tokenize(self.adapter.question_text(prompt_for(rec))).tolist()
             a = self.adapter.tokenize(answer_text(rec)).tolist() + [self.end]
