@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     model, tokenizer = build_world_clip(seed=args.seed)
     config = model_config(tokenizer)
     mean_std = image_mean_std(model)
@@ -516,12 +516,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             print(f"step {step + 1}/{args.steps} {msg} ({(time.time() - t0) / 60:.1f} min)", flush=True)
             running = {}
     train_minutes = (time.time() - t0) / 60
+    cpu_minutes = (time.process_time() - cpu0) / 60  # wall time depends on what else shares the cores
     model.eval()
     out = Path(args.out)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     save_world_clip(model, tokenizer, out, config, extra={"training": settings})
     report: dict[str, object] = {
         "train_minutes": round(train_minutes, 2),
+        "train_cpu_minutes": round(cpu_minutes, 2),
+        "threads": args.threads,
         "steps": args.steps,
         "final_loss": round(last_loss, 4),
         "checkpoint_mb": round((out / WEIGHTS_FILE).stat().st_size / 2**20, 3),
