@@ -114,6 +114,7 @@ def evaluate(adapter: Qwen2_5_VLAdapter, n: int, split: str = "test", seed_base:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="ppllava_hermes/world/checkpoints/vlm")
+    p.add_argument("--init", default=None, help="continue from this checkpoint (fresh optimizer and schedule)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -134,9 +135,18 @@ def main(argv: list[str] | None = None) -> None:
     random.seed(args.seed)
     np.random.seed(args.seed)
     t_start = time.time()
-    tokenizer = build_tokenizer(vocabulary_corpus())
-    model = build_model(tokenizer, hidden=args.hidden, layers=args.layers, vision_depth=args.vision_depth,
-                        vision_hidden=args.vision_hidden, seed=args.seed)
+    if args.init:
+        from transformers import PreTrainedTokenizerFast, Qwen2_5_VLForConditionalGeneration
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(args.init)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
+        prior = json.loads((Path(args.init) / "training_report.json").read_text())
+        prior.setdefault("runs", [{k: prior.get(k) for k in ("steps", "train_minutes", "args", "val_log")}])
+    else:
+        tokenizer = build_tokenizer(vocabulary_corpus())
+        model = build_model(tokenizer, hidden=args.hidden, layers=args.layers, vision_depth=args.vision_depth,
+                            vision_hidden=args.vision_hidden, seed=args.seed)
+        prior = {"steps": 0, "train_minutes": 0.0, "runs": []}
     adapter = Qwen2_5_VLAdapter(model, tokenizer, default_video_processor(model.config), system_prompt=SYSTEM_PROMPT)
     batcher = Batcher(adapter)
     n_params = sum(p.numel() for p in model.parameters())
@@ -175,8 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     final = evaluate(adapter, args.final_eval_clips, split="test")
-    report = {"steps": step, "train_minutes": round(train_minutes, 2), "parameters": n_params,
-              "args": vars(args), "val_log": log, "test": final}
+    runs = prior.get("runs", []) + [{"steps": step, "train_minutes": round(train_minutes, 2), "args": vars(args),
+                                     "val_log": log}]
+    report = {"steps": prior["steps"] + step, "train_minutes": round(prior["train_minutes"] + train_minutes, 2),
+              "parameters": n_params, "runs": runs, "test": final}
     (out / "training_report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(final, indent=2))
 
