@@ -903,8 +903,14 @@ def clip_world_config(
     n_objects: int, frames_per_clip: int = 4, *, size: int = 112, fps: float = 1.0, **overrides: Any
 ) -> WorldConfig:
     """Config of a short-clip world: ``n_objects`` objects (fewer if they cannot be placed) bouncing for
-    ``frames_per_clip`` frames; no appearing, leaving or colour changes, so "count" is always askable."""
+    ``frames_per_clip`` frames; no appearing, leaving or colour changes, so "count" is always askable.
+
+XX
+    4-frame clip that is 30-54 px, one to two merged tokens of a 14-px-patch ViT, so the direction of
+    motion is visible between temporal groups rather than hidden inside one token.
+    """
     kw: dict[str, Any] = dict(
+        speed_range=(8.0 * fps, 14.0 * fps),
         height=size,
         width=size,
         fps=fps,
