@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ppllava_hermes.evaluation.scoring import parse_choice, score_open
 from ppllava_hermes.models.qwen2_5_vl import Qwen2_5_VLAdapter, default_video_processor
@@ -86,6 +87,42 @@ class Batcher:
         )
 
 
+class ClipTeacher:
+    """Dense targets from the shipped ShapesWorld CLIP: its patch features pooled onto the VLM's token grid.
+
+    An auxiliary loss pulls the VLM vision tower's merged tokens (through a linear head used only in
+    training) toward these features, so the tower learns colour and shape at every location from the
+    contrastively trained CLIP instead of from the sparse answer-word loss alone.
+    """
+
+    def __init__(self, vlm_hidden: int) -> None:
+        from ppllava_hermes.world.clip import image_mean_std, load_world_clip
+
+        self.clip, _ = load_world_clip()
+        self.clip.eval().requires_grad_(False)
+        mean, std = image_mean_std(self.clip)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.dim = int(self.clip.visual.proj.shape[1])
+        self.head = torch.nn.Linear(vlm_hidden, self.dim)
+
+    @torch.no_grad()
+    def targets(self, frames: np.ndarray, group: int, merged_hw: tuple[int, int]) -> torch.Tensor:
+        """``(B, F, H, W, 3)`` uint8 -> ``(B, F/group, h, w, E)`` unit-norm targets."""
+        from ppllava_hermes.world.clip import patch_features
+
+        b, f = frames.shape[:2]
+        x = torch.from_numpy(frames).flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0
+        feats = patch_features(self.clip, (x - self.mean) / self.std)  # (B*F, 8, 8, E)
+        feats = F.normalize(feats, dim=-1).view(b, f // group, group, *feats.shape[1:]).mean(2)
+        pooled = F.adaptive_avg_pool2d(feats.flatten(0, 1).permute(0, 3, 1, 2), merged_hw)
+        return F.normalize(pooled.permute(0, 2, 3, 1), dim=-1).view(b, f // group, *merged_hw, -1)
+
+    def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``tokens`` (B, t, h, w, D_vlm) vs ``targets`` (B, t, h, w, E): mean cosine distance."""
+        return (1 - (F.normalize(self.head(tokens), dim=-1) * targets).sum(-1)).mean()
+
+
 @torch.no_grad()
 def evaluate(adapter: Qwen2_5_VLAdapter, n: int, split: str = "test", seed_base: int = 0) -> dict:
     """Accuracy through the library's StreamingSession on ``n`` held-out clips (greedy answers)."""
@@ -129,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, default=28.0, help="stop training after this long")
+    p.add_argument("--clip-distill", type=float, default=0.0,
+                   help="weight of the auxiliary loss pulling vision tokens toward the shipped CLIP's patch features")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -152,7 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"vocab {len(tokenizer)}, parameters {n_params / 1e6:.2f} M")
 
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    teacher = ClipTeacher(model.config.text_config.hidden_size) if args.clip_distill > 0 else None
+    params = list(model.parameters()) + (list(teacher.head.parameters()) if teacher else [])
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
     )
@@ -162,14 +203,29 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(1, args.steps + 1):
         model.train()
         examples = [next(data) for _ in range(args.batch_size)]
-        loss = model(**batcher(examples)).loss
+        inputs = batcher(examples)
+        aux = None
+        if teacher is not None:
+            vision = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"],
+                                                    return_dict=True)
+            t, gh, gw = (int(v) for v in inputs["video_grid_thw"][0])
+            hw = (gh // adapter.merge, gw // adapter.merge)
+            tokens = torch.stack(vision.pooler_output).view(len(examples), t, *hw, -1)
+            frames = np.stack([f for f, _ in examples])
+            aux = teacher.loss(tokens, teacher.targets(frames, adapter.frames_per_group, hw))
+            inputs.pop("pixel_values_videos")
+            inputs["mm_encoder_outputs"] = {"video": vision}
+        loss = model(**inputs).loss
+        if aux is not None:
+            loss = loss + args.clip_distill * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if step % 50 == 0:
-            print(f"step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
+            extra = f" distill {aux.item():.4f}" if aux is not None else ""
+            print(f"step {step} loss {loss.item():.4f}{extra} lr {sched.get_last_lr()[0]:.2e} "
                   f"{(time.time() - t_start) / 60:.1f} min", flush=True)
         if step % args.eval_every == 0:
             res = evaluate(adapter, args.eval_clips, split="val")
