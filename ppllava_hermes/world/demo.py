@@ -85,6 +85,13 @@ def _pooling(args: argparse.Namespace, adapter):
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """The CLI entry: run the demo and return the exit code."""
+    demo(args)
+    return 0
+
+
+def demo(args: argparse.Namespace) -> dict:
+    """Run the demo; returns ``{"accuracy", "n", "seconds", "per_kind"}``."""
     from ..cli import build_policy
 
     t_start = time.perf_counter()
@@ -124,4 +131,6 @@ def run_demo(args: argparse.Namespace) -> int:
           f"demo took {time.perf_counter() - t_start:.1f}s")
     if random_model:
         print("(random model: accuracy near chance is expected)")
-    return 0
+    return {"accuracy": sum(total) / max(1, len(total)), "n": len(total),
+            "seconds": time.perf_counter() - t_start,
+            "per_kind": {k: sum(v) / len(v) for k, v in sorted(score.items())}}
