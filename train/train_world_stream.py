@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--max-minutes", type=float, default=25.0)
+    p.add_argument("--final-n", type=int, default=300, help="test questions per kind and pooling mode at the end")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -221,9 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     model.save_pretrained(out)
     adapter.tokenizer.save_pretrained(out)
-    final = {"none": evaluate(adapter, 400, split="test"), "avg": evaluate(adapter, 400, split="test", pool="avg")}
+    n = args.final_n
+    final = {"none": evaluate(adapter, n, split="test"), "avg": evaluate(adapter, n, split="test", pool="avg")}
     if scorer is not None:
-        final["clip"] = evaluate(adapter, 400, split="test", pool="clip", scorer=scorer)
+        final["clip"] = evaluate(adapter, n, split="test", pool="clip", scorer=scorer)
     (out / "stream_training_report.json").write_text(json.dumps(
         {"steps": step, "train_minutes": round(minutes, 2), "args": vars(args), "val_log": log, "test": final}, indent=2))
     print(json.dumps(final, indent=2))
