@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import get_scheduler
 
@@ -268,6 +269,38 @@ class CsvLog:
                 csv.DictWriter(f, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
 
 
+# ---- results -------------------------------------------------------------------------------------
+def write_results(path: str | Path, key: str, section: dict) -> None:
+    """Merge ``{key: section}`` into the JSON file ``path`` (other sections are kept)."""
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[key] = section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def sft_results(summary: dict, argv: list[str] | None) -> dict:
+    """The ``sft`` section of docs/results/training.json."""
+    before, after = summary.get("before") or {}, summary.get("after") or {}
+    return {
+        "steps": summary["steps"],
+        "pooled_accuracy_before": before.get("eval_accuracy"),
+        "pooled_accuracy_after": after.get("eval_accuracy"),
+        "budget": {"visual_tokens_per_video": after.get("visual_tokens"),
+                   "unpooled_visual_tokens_per_video": (summary.get("unpooled") or {}).get("visual_tokens"),
+                   "pool_kernel": summary.get("pool_kernel")},
+        "unpooled_accuracy": (summary.get("unpooled") or {}).get("accuracy"),
+        "per_task_before": before.get("per_task"),
+        "per_task_after": after.get("per_task"),
+        "eval_loss_before": before.get("eval_loss"),
+        "eval_loss_after": after.get("eval_loss"),
+        "n_eval": summary.get("n_eval"),
+        "trainable_parameters": summary["trainable_parameters"],
+        "minutes": summary["minutes"],
+        "command": "python -m train.finetune_pooling " + " ".join(argv or sys.argv[1:]),
+    }
+
+
 # ---- main ----------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -310,6 +343,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--log-every", type=int, default=10)
     r.add_argument("--report-to", choices=["tensorboard", "none"], default="tensorboard")
     r.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this long")
+    r.add_argument("--eval-unpooled", action="store_true",
+                   help="also measure accuracy without pooling (the full token budget), for reference")
+    r.add_argument("--write-results", default=None,
+                   help="merge an 'sft' section into this JSON file (docs/results/training.json)")
     args = p.parse_args(argv)
     if args.max_steps < 1 or args.batch_size < 1 or args.grad_accum < 1:
         p.error("--max-steps, --batch-size and --grad-accum must be >= 1")
@@ -341,6 +378,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     accelerator = Accelerator(
         gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision,
         log_with="tensorboard" if args.report_to == "tensorboard" else None, project_dir=str(out),
+        # pooling extras are unused where nothing is pooled (kernel 1,1,1): let DDP tolerate it
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(args.seed)
     errors = DataErrorLog(args.on_data_error)
@@ -449,21 +488,33 @@ def main(argv: list[str] | None = None) -> TrainResult:
     if after:
         log(after)
     unwrapped = accelerator.unwrap_model(model)
+    unpooled = None
+    if args.eval_unpooled and eval_examples:
+        unwrapped.pool = False
+        try:
+            unpooled = evaluate_accuracy(unwrapped, eval_examples, max_new_tokens=args.max_new_tokens).to_dict()
+        finally:
+            unwrapped.pool = True
     summary = {
         "steps": state.step,
         "trainable_parameters": n_trainable,
         "data_errors": errors.count + collate.dropped,
         "data_error_examples": errors.errors[:20],
         "skipped_batches": state.skipped_batches,
+        "n_eval": len(eval_examples),
+        "pool_kernel": list(unwrapped.pooling.config.kernel or ()),
         "minutes": round((time.time() - t0) / 60, 2),
         "before": before,
         "after": after,
+        "unpooled": unpooled,
         "args": {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v))
                  for k, v in vars(args).items()},
     }
     if accelerator.is_main_process:
         save_trained(unwrapped, out / "final", built.trainable)
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        if args.write_results:
+            write_results(args.write_results, "sft", sft_results(summary, argv))
         if errors.count:
             warnings.warn(f"{errors.summary()} (see summary.json)", DataWarning, stacklevel=1)
     accelerator.end_training()

@@ -1,7 +1,10 @@
-"""Evaluation: benchmark records, loaders of each benchmark's annotation files, and answer scoring.
+"""Evaluation: benchmark records, loaders of each benchmark's annotation files, answer scoring, the evaluator.
 
 ``load_benchmark(name, annotation_path, video_dir=None, **kw)`` turns a benchmark file into
 :class:`QARecord` s (see :data:`BENCHMARKS` for the names); :mod:`.scoring` reads and scores answers.
+The evaluator (loaded on first use, it needs torch): :mod:`.protocols` (offline and streaming),
+:mod:`.runner` (``EvalConfig``, ``run_eval``, ``run_comparison``, sharding), :mod:`.report`
+(``write_report``: JSON, Markdown, plots), :mod:`.frames` (video files or ShapesWorld worlds).
 """
 
 from .loaders import BENCHMARKS, LoadResult, MalformedRecordWarning, SkippedRecord, load_benchmark
@@ -38,3 +41,18 @@ __all__ = [
     "score_multiple_choice",
     "score_open",
 ]
+
+# The evaluator needs torch and the models: imported on first use, so records and scoring stay light.
+_LAZY = {
+    "EvalConfig": "runner", "EvalRun": "runner", "run_eval": "runner", "run_comparison": "runner",
+    "MethodConfig": "protocols", "ProtocolConfig": "protocols", "RecordResult": "protocols",
+    "write_report": "report",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,13 @@ policy's business (``memory/policy.py`` and one file per policy). This module kn
 video, pooling or any model family: it sees keys, values, positions and token metadata.
 
 Shapes: keys / values ``(batch, kv_heads, seq_len, head_dim)``; positions ``(pos_dims, seq_len)``
-with ``pos_dims`` 1 (1-D RoPE) or 3 (M-RoPE t/h/w); frame_ids, kinds, counts ``(seq_len,)``.
+with ``pos_dims`` 1 (1-D RoPE) or 3 (M-RoPE t/h/w); frame_ids, kinds, counts, segments, uids
+``(seq_len,)``.
+
+Two bookkeeping fields are assigned by :meth:`MemoryCache.commit`, not by the caller: ``segments``
+(which commit an entry came from: the system prompt, one visual chunk, one text run; re-indexing keeps
+a segment's internal position structure) and ``uids`` (the entry's index in the whole stream, the same
+in every layer, so that layers holding different entries can be lined up).
 """
 
 from __future__ import annotations
@@ -65,13 +71,18 @@ class MemoryLayer(DynamicLayer):
         self.frame_ids = torch.zeros(0, dtype=torch.long)
         self.kinds = torch.zeros(0, dtype=torch.long)
         self.counts = torch.zeros(0, dtype=torch.float32)
+        self.segments = torch.zeros(0, dtype=torch.long)
+        self.uids = torch.zeros(0, dtype=torch.long)
 
     # ---- metadata -------------------------------------------------------------------------------
-    def append_meta(self, meta: TokenMeta) -> None:
+    def append_meta(self, meta: TokenMeta, segment: int = 0, first_uid: int = 0) -> None:
+        n = len(meta)
         self.positions = torch.cat([self.positions, meta.positions.to(self.positions)], dim=1)
         self.frame_ids = torch.cat([self.frame_ids, meta.frame_ids.to(self.frame_ids)])
         self.kinds = torch.cat([self.kinds, meta.kinds.to(self.kinds)])
-        self.counts = torch.cat([self.counts, torch.ones(len(meta), dtype=self.counts.dtype)])
+        self.counts = torch.cat([self.counts, torch.ones(n, dtype=self.counts.dtype)])
+        self.segments = torch.cat([self.segments, torch.full((n,), segment, dtype=torch.long)])
+        self.uids = torch.cat([self.uids, torch.arange(first_uid, first_uid + n, dtype=torch.long)])
 
     def select(self, index: torch.Tensor) -> None:
         """Keep only the entries at ``index`` (1-D long, in the order given)."""
@@ -84,6 +95,8 @@ class MemoryLayer(DynamicLayer):
         self.frame_ids = self.frame_ids.index_select(0, index)
         self.kinds = self.kinds.index_select(0, index)
         self.counts = self.counts.index_select(0, index)
+        self.segments = self.segments.index_select(0, index)
+        self.uids = self.uids.index_select(0, index)
 
     def replace(
         self,
@@ -93,13 +106,26 @@ class MemoryLayer(DynamicLayer):
         frame_ids: torch.Tensor,
         kinds: torch.Tensor,
         counts: torch.Tensor,
+        segments: torch.Tensor | None = None,
+        uids: torch.Tensor | None = None,
     ) -> None:
-        """Swap in a whole new content (used by policies that merge or fold entries)."""
+        """Swap in a whole new content (used by policies that merge or fold entries).
+
+        ``segments`` / ``uids`` may be left out only when the length does not change (they are kept).
+        """
         n = keys.shape[-2]
         if not (values.shape[-2] == positions.shape[1] == frame_ids.shape[0] == kinds.shape[0] == counts.shape[0] == n):
             raise ValueError("replace(): keys, values and metadata must have the same length")
+        if segments is None or uids is None:
+            if n != len(self):
+                raise ValueError("replace(): segments and uids are required when the length changes")
+            segments = self.segments if segments is None else segments
+            uids = self.uids if uids is None else uids
+        if segments.shape != (n,) or uids.shape != (n,):
+            raise ValueError("replace(): segments and uids must have the same length as the keys")
         self.keys, self.values = keys, values
         self.positions, self.frame_ids, self.kinds, self.counts = positions, frame_ids, kinds, counts
+        self.segments, self.uids = segments, uids
 
     def truncate(self, length: int) -> None:
         """Drop every entry after the first ``length`` (restores the state before a question)."""
@@ -110,6 +136,8 @@ class MemoryLayer(DynamicLayer):
         self.frame_ids = self.frame_ids[:length]
         self.kinds = self.kinds[:length]
         self.counts = self.counts[:length]
+        self.segments = self.segments[:length]
+        self.uids = self.uids[:length]
 
     def __len__(self) -> int:
         return self.frame_ids.shape[0]
@@ -145,7 +173,11 @@ class MemoryCache(Cache):
                     f"layer {i} holds {layer.get_seq_length()} entries but metadata for "
                     f"{len(layer) + len(meta)}: the model's forward and commit() are out of step"
                 )
-            layer.append_meta(meta)
+        # One commit = one segment; ids are computed from what is held, so truncate() rewinds them too.
+        segment = max((int(layer.segments.max()) + 1 if len(layer) else 0) for layer in self.layers)
+        first_uid = max((int(layer.uids.max()) + 1 if len(layer) else 0) for layer in self.layers)
+        for layer in self.layers:
+            layer.append_meta(meta, segment, first_uid)
 
     def physical_length(self) -> int:
         lengths = {len(layer) for layer in self.layers}
@@ -178,6 +210,8 @@ class MemoryCache(Cache):
                 "frame_ids": layer.frame_ids.clone(),
                 "kinds": layer.kinds.clone(),
                 "counts": layer.counts.clone(),
+                "segments": layer.segments.clone(),
+                "uids": layer.uids.clone(),
             }
             if layer.is_initialized and layer.keys is not None:
                 entry["keys"] = layer.keys.detach().clone()

@@ -8,11 +8,14 @@ values, positions and token metadata only: nothing of video, pooling or a model 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..models.base import RopeSpec
 from .cache import MemoryCache
+
+if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
+    from ..models.base import RopeSpec
 
 
 @dataclass
@@ -49,10 +52,17 @@ class MemoryPolicy:
     Class attributes a session reads:
         probe_prompts: pseudo-query prompts whose attention the policy wants before compressing
             (empty: no probe is run).
+        stores_frames: the policy does not stream: the session keeps the decoded frames instead of
+            prefilling them, and at question time prefills the frames :meth:`question_frames` picks
+            into a fresh cache (the offline baseline).
     """
 
     name: str = "full"
     probe_prompts: dict[str, str] = {}
+    stores_frames: bool = False
+
+    def check_model(self, rope: RopeSpec | None, num_layers: int) -> None:
+        """Called when a session is built; raise ``ValueError`` if the policy cannot run on this model."""
 
     def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
         """Called once the system prompt is in the cache; raise ``ValueError`` on a bad configuration."""
@@ -65,6 +75,28 @@ class MemoryPolicy:
                  next_position: int) -> CompressResult:
         """Shrink ``cache`` in place to the policy's budget. Default: keep everything."""
         return CompressResult()
+
+    def question_frames(self, num_frames: int, tokens_per_frame: int) -> list[int] | None:
+        """Frames (indices into the stream) to prefill afresh for a question; None: answer from the memory."""
+        return None
+
+
+def require_rope(rope: RopeSpec | None, policy: str) -> None:
+    """Policies that move keys need the model's rotary embedding."""
+    if rope is None or getattr(rope, "inv_freq", None) is None:
+        raise ValueError(
+            f"memory policy {policy!r} re-rotates cached keys and needs a model with rotary position "
+            "embeddings (RopeSpec with inv_freq); this model has none"
+        )
+
+
+def check_budget(budget: int, num_system_tokens: int, policy: str) -> None:
+    """The budget (visual tokens per layer) must at least match the system prompt it sits beside."""
+    if budget < num_system_tokens:
+        raise ValueError(
+            f"memory policy {policy!r}: budget {budget} is smaller than the system prompt "
+            f"({num_system_tokens} tokens); raise the budget or shorten the system prompt"
+        )
 
 
 class FullCache(MemoryPolicy):

@@ -61,6 +61,16 @@ class PoolingConfig:
         tau: softmax temperature inside a window, 0.01 (ref). Relevance weights are global-softmax
             probabilities, so a small tau is needed to make a window's most relevant token dominate.
         learn_tau: make tau a trainable parameter (initialised at ``tau``); off (ref).
+        window_bias: a trainable logit bias per window position (``kt*kh*kw`` values, initialised at 0,
+            so the pooling is unchanged until trained): a learned prior over where in a window the
+            kept token sits, added to ``w / tau`` inside each window's softmax. Needs a fixed kernel
+            (not ``target``). Off (ref).
+        adapter_dim: ``> 0`` adds a residual bottleneck MLP on the pooled tokens,
+            ``x + up(gelu(down(norm(x))))`` with ``up`` initialised at 0 (identity until trained), so
+            fine-tuning can map pooled tokens back towards the statistics the LLM was trained on.
+            Applied only where tokens are actually pooled (kernel (1, 1, 1) stays an exact identity).
+            0 = off (ref).
+        feature_dim: ``D`` of the features, required with ``adapter_dim``.
         padding: what to do when the kernel does not tile the grid exactly on some axis
             (``I < k`` or ``(I - k) % s != 0``):
 
@@ -80,6 +90,9 @@ class PoolingConfig:
     tau: float = 0.01
     learn_tau: bool = False
     padding: str = "error"
+    window_bias: bool = False
+    adapter_dim: int = 0
+    feature_dim: int | None = None
 
     def __post_init__(self) -> None:
         self.kernel = _triple(self.kernel, "kernel")
@@ -106,6 +119,21 @@ class PoolingConfig:
         self.tau = float(self.tau)
         if self.padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {self.padding!r}")
+        if self.window_bias and self.target is not None:
+            raise ValueError(
+                "window_bias needs a fixed kernel: in target mode the window size changes with the input grid"
+            )
+        if not isinstance(self.adapter_dim, int) or self.adapter_dim < 0:
+            raise ValueError(f"adapter_dim must be an integer >= 0, got {self.adapter_dim!r}")
+        if self.adapter_dim and (self.feature_dim is None or self.feature_dim < 1):
+            raise ValueError(
+                f"adapter_dim={self.adapter_dim} needs feature_dim (the features' D), got {self.feature_dim!r}"
+            )
+
+    @property
+    def has_trainable_parameters(self) -> bool:
+        """Whether :class:`PromptGuidedPooling` built from this config has parameters."""
+        return self.learn_tau or self.window_bias or self.adapter_dim > 0
 
     @classmethod
     def for_images(cls, **kwargs) -> PoolingConfig:
@@ -218,6 +246,26 @@ def _fit_axis(x: torch.Tensor, axis: int, length: int, fill: float | None) -> to
     return torch.cat([x, x.new_full(pad_shape, fill)], dim=1 + axis)
 
 
+class PooledTokenAdapter(nn.Module):
+    """Residual bottleneck MLP ``x + up(gelu(down(norm(x))))`` on pooled tokens ``(..., D)``.
+
+    ``up`` starts at zero, so the adapter is an exact identity until trained.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.down = nn.Linear(dim, hidden)
+        self.up = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.up.weight.dtype
+        # computed in the adapter's dtype (fp32 parameters next to a bf16 VLM), added in the features'
+        return x + self.up(F.gelu(self.down(self.norm(x.to(dtype))))).to(x.dtype)
+
+
 class PromptGuidedPooling(nn.Module):
     """Weighted 3-D pooling: ``out = sum_window softmax(w_window / tau) * x_window``.
 
@@ -232,6 +280,15 @@ class PromptGuidedPooling(nn.Module):
             self.log_tau = nn.Parameter(torch.tensor(math.log(self.config.tau)))
         else:
             self.log_tau = None
+        kernel = self.config.kernel
+        self.window_bias = (
+            nn.Parameter(torch.zeros(kernel[0] * kernel[1] * kernel[2])) if self.config.window_bias else None
+        )
+        self.adapter = (
+            PooledTokenAdapter(self.config.feature_dim, self.config.adapter_dim)  # type: ignore[arg-type]
+            if self.config.adapter_dim
+            else None
+        )
 
     @property
     def tau(self) -> torch.Tensor | float:
@@ -288,12 +345,17 @@ class PromptGuidedPooling(nn.Module):
             index = _fit_axis(index, axis, span, None)
 
         # (B, T', H', W', K) window probabilities; K = kt*kh*kw in row-major window order
-        probs = _unfold3d(logits, kernel, stride).flatten(-3).softmax(dim=-1)
+        window_logits = _unfold3d(logits, kernel, stride).flatten(-3)
+        if self.window_bias is not None:
+            window_logits = window_logits + self.window_bias
+        probs = window_logits.softmax(dim=-1)
         windows = _unfold3d(x, kernel, stride)  # (B, T', H', W', D, kt, kh, kw) strided view
         # window dims kept unflattened: flattening the view would copy every window (2.5x slower)
         pooled = torch.einsum(
             "bthwdxyz,bthwxyz->bthwd", windows, probs.view(probs.shape[:4] + kernel).to(x.dtype)
         )
+        if self.adapter is not None:
+            pooled = self.adapter(pooled)
 
         flat_index = _unfold3d(index, kernel, stride).flatten(-3)  # (1, T', H', W', K)
         best = probs.argmax(dim=-1, keepdim=True)

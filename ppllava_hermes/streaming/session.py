@@ -20,6 +20,7 @@ from ..memory.cache import MemoryCache, TokenKind
 from ..memory.policy import AttentionProbe, CompressResult, FullCache, MemoryPolicy
 from ..models.base import Segment, VisualTokens, VLMAdapter
 from ..video.types import VideoClip
+from .sparsity import FrameGate, gate_segment
 
 #: a pooling stage: visual tokens of one chunk (+ the chunk's frames) -> visual tokens to keep.
 PoolingStage = Callable[[VisualTokens, np.ndarray], VisualTokens]
@@ -107,6 +108,7 @@ class IngestStats:
     compress_s: float = 0.0
     peak_kv_bytes: int = 0
     compress_log: list[CompressResult] = field(default_factory=list)
+    frames_skipped: int = 0  # frames a gate kept out entirely (they are still in the frame log)
 
 
 class StreamingSession:
@@ -118,10 +120,12 @@ class StreamingSession:
         memory: MemoryPolicy | None = None,
         pooling: PoolingStage | None = None,
         config: StreamConfig | None = None,
+        gate: FrameGate | None = None,
     ) -> None:
         self.adapter = adapter
         self.memory = memory or FullCache()
         self.pooling = pooling
+        self.gate = gate  # dynamic sparsity after pooling (streaming/sparsity.py)
         self.config = config or StreamConfig()
         group = adapter.frames_per_group
         self.chunk_frames = max(group, self.config.chunk_frames // group * group)
@@ -143,6 +147,8 @@ class StreamingSession:
         # Offline policies (memory.stores_frames): decoded frames kept for question time, T x H x W x 3 bytes.
         self._frame_store: list[np.ndarray] = []
         self._tokens_per_frame: int | None = None
+        if self.gate is not None:
+            self.gate.reset()
 
     def _start(self) -> None:
         ids = self.adapter.tokenize(self.adapter.prefix_text())
@@ -223,24 +229,35 @@ class StreamingSession:
         visual = self.adapter.encode_frames(frames, times, first_id)
         if self.pooling is not None:
             visual = self.pooling(visual, frames)
+        keep = self.gate(visual, frames) if self.gate is not None else None
         self.stats.encode_s += time.perf_counter() - t0
-        self.add_visual_tokens(visual, times[:real])
+        self.add_visual_tokens(visual, times[:real], keep=keep)
 
-    def add_visual_tokens(self, visual: VisualTokens, frame_times: np.ndarray) -> None:
+    def add_visual_tokens(self, visual: VisualTokens, frame_times: np.ndarray, keep: torch.Tensor | None = None) -> None:
         """Prefill already-encoded (possibly pooled) visual tokens of the next ``len(frame_times)`` frames.
 
         Used by :meth:`add_frames`, and by offline re-pooling, which never decodes or encodes the video again.
+        ``keep`` ``(t, h, w)`` bool: a gate's choice of grid tokens; the others are skipped but keep their
+        time and positions (``sparsity.gate_segment``).
         """
         if not self._started:
             self._start()
         first_id = len(self.frame_log)
         t1 = time.perf_counter()
-        self._run(self.adapter.visual_segment(visual, self.next_position))
+        seg, tokens = self.adapter.visual_segment(visual, self.next_position), visual.num_tokens
+        if keep is not None:
+            gated = gate_segment(seg, visual, keep, len(frame_times))
+            seg, tokens = gated.segment, gated.tokens_kept
+            self.stats.frames_skipped += gated.frames_skipped
+            if seg is None:  # nothing kept: the chunk's time and positions still pass
+                self.next_position = gated.next_position
+        if seg is not None:
+            self._run(seg)
         self.stats.prefill_s += time.perf_counter() - t1
         self.frame_log.extend((first_id + i, float(t)) for i, t in enumerate(frame_times))
         self.stats.frames += len(frame_times)
         self.stats.chunks += 1
-        self.stats.visual_tokens += visual.num_tokens
+        self.stats.visual_tokens += tokens
         self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.cache.kv_bytes())
         self._compress()
 

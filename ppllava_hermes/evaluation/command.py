@@ -1,0 +1,178 @@
+"""The ``ppllava-hermes eval`` command (also ``python -m evaluate.run_eval``): arguments and the run.
+
+Parsing needs only the standard library, so ``--help`` is instant; the model, torch and the
+protocols load when a run starts. Under ``accelerate launch`` each process answers its share of
+the videos and the main process writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+CONFIG_NAMES = "full, uniform (or uniform-N for N frames), window, sink, hermes, pooling, hermes+pooling"
+
+
+def _csv(kind):
+    def parse(text: str):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        try:
+            return [kind(x) for x in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {kind.__name__}") from None
+
+    return parse
+
+
+def _budget(text: str) -> int | None:
+    return None if text.lower() in ("none", "default") else int(text)
+
+
+def _kernel(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three positive integers T,H,W such as 2,3,3")
+    return parts  # type: ignore[return-value]
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """Every flag of the eval command, documented."""
+    data = p.add_argument_group("benchmark")
+    data.add_argument("--benchmark", default="shapesworld",
+                      help="benchmark name: streamingbench(_real/_omni/_sqa/_proactive), ovo_bench, egoschema, mvbench, "
+                           "videomme, mlvu, lvbench, activitynet_qa, msvd_qa, msrvtt_qa, vcgbench(_generic/_temporal/"
+                           "_consistency), or shapesworld (default; generated unless --annotations is given)")
+    data.add_argument("--annotations", default=None,
+                      help="the benchmark's annotation file (ShapesWorld: a JSON list of records)")
+    data.add_argument("--videos", default=None, help="folder the records' video paths are relative to")
+    data.add_argument("--answers", default=None, help="separate answers file (EgoSchema, ActivityNet-QA)")
+    data.add_argument("--subset", default=None, help="StreamingBench / VCGBench subset (default: from the file name)")
+    data.add_argument("--task-kinds", type=_csv(str), default=[],
+                      help="only these task kinds, comma-separated: short, backward, realtime, forward, open, other")
+    data.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
+    data.add_argument("--world-videos", type=int, default=2, help="ShapesWorld: videos to generate (default 2)")
+    data.add_argument("--world-duration", type=float, default=60.0,
+                      help="ShapesWorld: seconds per generated video (default 60)")
+    data.add_argument("--world-split", default="test", choices=["train", "val", "test"],
+                      help="ShapesWorld: seed range of the generated videos (default test)")
+    data.add_argument("--world-seed", type=int, default=0, help="ShapesWorld: first video index (default 0)")
+    data.add_argument("--frame-source", default="auto", choices=["auto", "world", "file"],
+                      help="ShapesWorld frames: auto/world render from the world; file writes and reads mp4s "
+                           "through the video reader (default auto)")
+
+    model = p.add_argument_group("model and configurations")
+    model.add_argument("--model", default="tiny-qwen2.5-vl",
+                       help="checkpoint folder of a Qwen2.5-VL / Qwen2-VL / LLaVA-OneVision model, 'shapesworld' for "
+                            "the shipped ShapesWorld model, or tiny-qwen2.5-vl / tiny-llava-onevision (random weights; "
+                            "default tiny-qwen2.5-vl)")
+    model.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: CPU)")
+    model.add_argument("--configs", type=_csv(str), default=["full"],
+                       help=f"configurations to compare, comma-separated: {CONFIG_NAMES} (default full)")
+    model.add_argument("--budgets", type=_csv(_budget), default=[None],
+                       help="memory budgets (visual tokens kept per layer), comma-separated; each budgeted "
+                            "configuration runs at each (default: the policies' own)")
+    model.add_argument("--memory", default=None, choices=["full", "window", "sink", "hermes", "uniform"],
+                       help="override the configurations' memory policy")
+    model.add_argument("--pool-mode", default="avg", choices=["avg", "prompt"],
+                       help="pooling of the pooling configurations: avg (3-D average) or prompt (PPLLaVA prompt-"
+                            "guided; offline re-pools per question, streaming uses --standing-query or a generic "
+                            "prompt). Default avg")
+    model.add_argument("--pool-kernel", type=_kernel, default=(2, 3, 3),
+                       help="pooling kernel T,H,W over the model's token grid (default 2,3,3, the reference)")
+    model.add_argument("--clip", default=None,
+                       help="CLIP-family relevance model folder for --pool-mode prompt (default: the shipped "
+                            "ShapesWorld CLIP)")
+    model.add_argument("--standing-query", default=None, help="streaming prompt pooling against this query")
+
+    proto = p.add_argument_group("protocol")
+    proto.add_argument("--protocol", default="offline", choices=["offline", "streaming"],
+                       help="offline: the video up to the question, sampled and encoded at once; streaming: one "
+                            "session per video, each question asked at its time (default offline)")
+    proto.add_argument("--frames", type=int, default=32,
+                       help="offline: frames sampled uniformly (with --fps: a cap; default 32)")
+    proto.add_argument("--fps", type=float, default=None,
+                       help="offline: sample at this rate instead of --frames; streaming: stream rate "
+                            "(default: every frame of the video)")
+    proto.add_argument("--chunk-frames", type=int, default=8, help="frames per prefill chunk (default 8)")
+    proto.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default 16)")
+    proto.add_argument("--poll-frames", type=int, default=None,
+                       help="streaming: poll forward questions after this many new frames (default: one "
+                            "temporal group of the model)")
+    proto.add_argument("--forward-tolerance", type=float, default=2.0,
+                       help="seconds after the event a forward answer may come (a record's own wins; default 2)")
+    proto.add_argument("--prompt-style", default="auto", choices=["auto", "letters", "words", "plain"],
+                       help="how options are shown: letters ('A. text' lines), words (ShapesWorld), plain (none); "
+                            "auto: words for ShapesWorld, letters otherwise")
+    proto.add_argument("--judge", action="store_true",
+                       help="score open answers with the LLM judge at PPLLAVA_JUDGE_BASE_URL / PPLLAVA_JUDGE_MODEL")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="runs/eval",
+                     help="folder for results.json, summary.md and the plots (default runs/eval)")
+    out.add_argument("--title", default=None, help="report title (default: the benchmark and protocol)")
+    out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace):
+    from .runner import EvalConfig
+
+    return EvalConfig(
+        benchmark=args.benchmark, annotations=args.annotations, videos=args.videos, answers=args.answers,
+        subset=args.subset, model=args.model, protocol=args.protocol, config=args.configs[0],
+        memory=args.memory, budget=args.budgets[0] if args.budgets else None, pool_mode=args.pool_mode,
+        pool_kernel=args.pool_kernel, num_frames=args.frames, fps=args.fps, chunk_frames=args.chunk_frames,
+        max_new_tokens=args.max_new_tokens, poll_frames=args.poll_frames,
+        forward_tolerance=args.forward_tolerance, prompt_style=args.prompt_style, limit=args.limit,
+        task_kinds=tuple(args.task_kinds), frame_source=args.frame_source, clip=args.clip,
+        standing_query=args.standing_query, judge=args.judge, device=args.device,
+        world_videos=args.world_videos, world_duration=args.world_duration, world_split=args.world_split,
+        world_seed=args.world_seed,
+    )
+
+
+def run_eval_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """Run the comparison the arguments describe and write the report; returns an exit status."""
+    from .report import markdown, write_report
+    from .runner import process_shard, run_comparison
+
+    try:
+        base = config_from_args(args)
+        from .runner import comparison_configs
+
+        comparison_configs(base, args.configs, args.budgets)  # every configuration name checked up front
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rank, world_size = process_shard()
+    try:
+        runs = run_comparison(base, args.configs, args.budgets, progress=not args.quiet,
+                              shard=(rank, world_size))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if rank != 0:
+        return 0
+    words = argv if argv is not None else sys.argv[1:]
+    command = "ppllava-hermes " + " ".join(shlex.quote(w) for w in words) if words else None
+    title = args.title or f"{base.benchmark} ({base.protocol} protocol)"
+    paths = write_report(runs, args.out, title=title, command=command, plots=not args.no_plots)
+    print(markdown(runs, title=title))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def build_parser(prog: str = "ppllava-hermes eval") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Evaluate a VLM with memory and pooling configurations on a "
+                                "benchmark: accuracy and efficiency in one run.")
+    add_eval_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_eval_command(args, ["eval", *(argv if argv is not None else sys.argv[1:])])

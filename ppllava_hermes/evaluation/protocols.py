@@ -1,0 +1,704 @@
+"""Evaluation protocols: how a model with a memory and a pooling configuration answers a video's records.
+
+* **Offline** (:func:`run_offline`): the model gets the video up to the question (the whole video, or
+  a record's ``[start, end]`` segment, or ``[0, timestamp]`` for a question asked at a moment),
+  ``num_frames`` uniform frames or ``fps``; it is encoded once and asked. Records that see the same
+  frames share one session (the session's memory returns to its pre-question state after each
+  answer). With question-dependent pooling (``pooling="prompt"`` and no standing query) the frames
+  are encoded once and re-pooled against each question, PPLLaVA's offline recipe
+  (``streaming.offline.OfflineVideoQA``).
+* **Streaming** (:func:`run_streaming`): one session per video, fed in time order. A question at
+  time ``t`` is asked once every frame with timestamp ``<= t`` is in and before any later frame is:
+  ingest continues between questions of the same video. Forward / proactive records (no probes) are
+  polled after every ``poll_frames`` new frames from their timestamp on, and answered when the
+  model says the event happened ("now" / "yes"); the response time is scored against the record's
+  tolerance window (a "now" before it is a false alarm; once it has closed, polling stops: a miss). OVO-Bench forward records are asked at each of their probes' timestamps.
+  :func:`run_streaming` checks, at every question, that the session's frame log holds no frame
+  after the question's time (``CausalityError`` otherwise).
+
+Each record gives one :class:`RecordResult`: prediction, correctness, and the cost of the answer
+(TTFT, total latency, visual tokens into the LLM, memory entries, KV bytes, process memory,
+frames per second). What this module does not know: benchmark files (``loaders``), aggregation,
+reports and sharding (``runner`` / ``report``), where frames come from (``frames``).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..memory import POLICIES, MemoryPolicy, make_policy
+from ..models.base import VLMAdapter
+from ..pooling import PoolingConfig, PromptGuidedPooling
+from ..streaming import Answer, GenerationConfig, StreamConfig, StreamingSession
+from ..streaming.offline import OfflineVideoQA
+from ..streaming.pooling_stage import PoolingStage, load_scorer, pool_visual
+from .frames import VideoSource
+from .records import QARecord
+from .scoring import JudgeError, normalize_answer, parse_choice, score_open
+
+PROTOCOLS = ("offline", "streaming")
+POOLING_MODES = ("none", "avg", "prompt")
+PROMPT_STYLES = ("auto", "letters", "words", "plain")
+
+
+class CausalityError(RuntimeError):
+    """A question was about to be answered with a frame from after its time in memory."""
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+@dataclass
+class MethodConfig:
+    """One configuration under test: a memory policy and a pooling stage.
+
+    Attributes:
+        name: label in reports ("hermes+pooling", ...).
+        memory: memory policy name (``memory.POLICIES``: full / window / sink / hermes / uniform).
+        budget: visual tokens kept per layer (None: the policy's default; ignored by "full").
+        pooling: "none", "avg" (3-D average pooling, no query) or "prompt" (PPLLaVA prompt-guided
+            pooling: offline, each question re-pools the video; streaming, chunks are pooled against
+            ``standing_query`` or a generic prompt, since the question is not known while ingesting).
+        kernel: pooling kernel ``(T, H, W)`` over the model's token grid (ref: (2, 3, 3)).
+        standing_query: query given before the stream (prompt pooling only).
+        memory_kwargs: other fields of the policy's dataclass (e.g. ``{"anchors": 32}``).
+    """
+
+    name: str = "full"
+    memory: str = "full"
+    budget: int | None = None
+    pooling: str = "none"
+    kernel: tuple[int, int, int] = (2, 3, 3)
+    standing_query: str | None = None
+    memory_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.memory not in POLICIES:
+            raise ValueError(f"configuration {self.name!r}: unknown memory policy {self.memory!r}; "
+                             f"choose one of {sorted(POLICIES)}")
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"configuration {self.name!r}: pooling {self.pooling!r} not in {POOLING_MODES}")
+        self.kernel = tuple(int(k) for k in self.kernel)  # type: ignore[assignment]
+        if len(self.kernel) != 3 or min(self.kernel) < 1:
+            raise ValueError(f"configuration {self.name!r}: kernel {self.kernel} must be three positive ints")
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"configuration {self.name!r}: budget must be >= 1, got {self.budget}")
+        if self.standing_query is not None and self.pooling != "prompt":
+            raise ValueError(f"configuration {self.name!r}: a standing query needs pooling='prompt'")
+
+    @property
+    def uses_budget(self) -> bool:
+        """Whether the budget changes anything (the full cache keeps everything)."""
+        return self.memory != "full"
+
+    @property
+    def repools_per_question(self) -> bool:
+        """Offline prompt pooling without a standing query pools the video against each question."""
+        return self.pooling == "prompt" and self.standing_query is None
+
+    def make_policy(self) -> MemoryPolicy:
+        return make_policy(self.memory, budget=self.budget if self.uses_budget else None, **self.memory_kwargs)
+
+
+@dataclass
+class ProtocolConfig:
+    """How frames reach the model and how answers are asked.
+
+    Attributes:
+        protocol: "offline" or "streaming".
+        num_frames: offline: frames sampled uniformly over what the question may see (with ``fps``:
+            a cap). Ignored by streaming.
+        fps: offline: sample at this rate instead; streaming: the stream's frame rate (None: every
+            frame of the video).
+        chunk_frames: frames per prefill chunk of the session.
+        max_new_tokens: answer length limit (greedy decoding).
+        poll_frames: streaming forward questions are polled after this many new frames (None: one
+            temporal group of the model, the finest step it sees).
+        forward_tolerance: seconds a forward answer may come after the event (a record's own
+            ``extra["tolerance"]`` wins); proactive records: either side of the ground-truth time.
+        use_segments: offline: a record's ``[start, end]`` (else ``[0, timestamp]``) limits what it sees.
+        prompt_style: "letters" (options as "A. text" lines, answer with the letter), "words" (the
+            ShapesWorld format: options as words, answer with a word), "plain" (question only), or
+            "auto" (words for ShapesWorld records, letters otherwise).
+    """
+
+    protocol: str = "offline"
+    num_frames: int | None = 32
+    fps: float | None = None
+    chunk_frames: int = 8
+    max_new_tokens: int = 16
+    poll_frames: int | None = None
+    forward_tolerance: float = 2.0
+    use_segments: bool = True
+    prompt_style: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {self.protocol!r} not in {PROTOCOLS}")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps must be a positive number, got {self.fps}")
+        if self.protocol == "offline" and self.num_frames is None and self.fps is None:
+            raise ValueError("the offline protocol needs num_frames or fps")
+        if self.chunk_frames < 1 or self.max_new_tokens < 1:
+            raise ValueError("chunk_frames and max_new_tokens must be >= 1")
+        if self.poll_frames is not None and self.poll_frames < 1:
+            raise ValueError(f"poll_frames must be >= 1, got {self.poll_frames}")
+        if self.forward_tolerance < 0:
+            raise ValueError(f"forward_tolerance must be >= 0, got {self.forward_tolerance}")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style {self.prompt_style!r} not in {PROMPT_STYLES}")
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+@dataclass
+class RecordResult:
+    """One record's answer and what it cost.
+
+    Times in seconds, sizes in bytes. ``ttft_s`` counts the work the question triggers (question
+    prefill; for offline uniform sampling the re-encoding of its frames; for per-question pooling the
+    re-pooling and prefill of the video), not the question-independent ingest (``ingest_s``: decoding
+    excluded, encoding + prefill + compression of this video up to the answer).
+
+    Attributes:
+        index: position in the evaluated record list (sharded runs merge on it).
+        prompt: the text put to the model (the first probe's, for multi-probe records).
+        prediction: the model's answer (forward: the firing answer or the last poll's; probes: joined).
+        reference: the right answer as text (the option's text for multiple choice).
+        correct / score: score is in [0, 1] (probe records: fraction of probes right; correct = all).
+        asked_at: stream time (s) the question was asked (offline: the end of what it saw).
+        response_time: forward records: stream time of the answer that fired (None: never fired).
+        polls: forward records: how many times the question was asked.
+        visual_tokens: visual tokens that entered the LLM for this answer (streaming: since the
+            stream began; uniform sampling: the memory entries its re-encoded frames made, their
+            vision delimiters included).
+        memory_tokens: memory entries per layer when the question was asked.
+        kv_bytes / peak_kv_bytes: KV bytes at the question / the session's peak up to it.
+        rss_bytes / peak_rss_bytes: the process's resident memory at the answer / its peak so far.
+        frames_seen: frames the session ingested before the answer.
+        stream_seconds: timestamp of the newest frame in memory.
+        frames_per_s: frames_seen / ingest_s (0 when nothing was ingested).
+        probes: OVO-Bench forward probes ``{"timestamp", "prediction", "answer", "correct"}``.
+        error: why the record could not be answered (then ``correct`` is False).
+    """
+
+    index: int
+    qid: str
+    benchmark: str
+    video: str
+    task_type: str
+    task_kind: str
+    duration_class: str | None
+    prompt: str
+    prediction: str
+    reference: str
+    correct: bool
+    score: float
+    asked_at: float | None
+    response_time: float | None
+    polls: int
+    ttft_s: float
+    total_s: float
+    visual_tokens: int
+    memory_tokens: int
+    kv_bytes: int
+    peak_kv_bytes: int
+    rss_bytes: int
+    peak_rss_bytes: int
+    frames_seen: int
+    stream_seconds: float | None
+    ingest_s: float
+    frames_per_s: float
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def process_memory() -> tuple[int, int]:
+    """``(rss, peak rss)`` of this process in bytes (psutil when installed; peak from getrusage)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB, macOS bytes
+    try:
+        import psutil
+
+        rss = int(psutil.Process().memory_info().rss)
+    except ImportError:  # pragma: no cover - psutil comes with accelerate
+        rss = peak
+    return rss, max(peak, rss)
+
+
+# ------------------------------------------------------------------------------------ prompts, scores
+
+
+def format_prompt(record: QARecord, style: str = "auto") -> str:
+    """The text asked for a record (see :attr:`ProtocolConfig.prompt_style`)."""
+    if style == "auto":
+        style = "words" if record.benchmark == "shapesworld" else "letters"
+    if style == "plain" or not record.options:
+        return record.question
+    if style == "words":
+        from ..world.model import prompt_for
+
+        return prompt_for(record)
+    letters = "\n".join(f"{chr(ord('A') + i)}. {o}" for i, o in enumerate(record.options))
+    return f"{record.question}\n{letters}\nAnswer with the option's letter from the given choices directly."
+
+
+def reference_text(record: QARecord) -> str:
+    if record.options:
+        return f"{record.answer_letter}. {record.options[int(record.answer)]}"
+    return str(record.answer)
+
+
+def score_answer(record: QARecord, prediction: str, judge: Any = None) -> bool:
+    """Multiple choice: the parsed option is the right one; open: normalised match, or the judge's
+    verdict when a judge is given (its failure falls back on the normalised match)."""
+    if record.options:
+        return parse_choice(prediction, record.options) == record.answer
+    if judge is not None:
+        try:
+            return bool(judge.judge_record(record, prediction).correct)
+        except JudgeError:
+            pass
+    return score_open(prediction, str(record.answer))
+
+
+_NEGATIONS = {"no", "not", "nothing", "never", "dont", "doesnt", "didnt", "isnt", "hasnt", "havent", "cannot"}
+
+
+def says_now(text: str) -> bool:
+    """Whether a forward answer reports the event: its first yes/no word is "yes", or (with no yes/no)
+    it says "now" with no negation before it ("now", "it happens now"; not "not now", "no")."""
+    words = normalize_answer(text).split()
+    first = next((w for w in words if w in ("yes", "no")), None)
+    if first is not None:
+        return first == "yes"
+    if "now" not in words:
+        return False
+    return not any(w in _NEGATIONS for w in words[: words.index("now")])
+
+
+def forward_window(record: QARecord, default_tolerance: float) -> tuple[float, float] | None:
+    """Stream times ``[lo, hi]`` in which a forward answer counts (None: the record gives no time).
+
+    ShapesWorld (``extra["event_time"]``): ``[event, event + tolerance]``, a "now" before the event is
+    a false alarm. StreamingBench proactive (``extra["ground_truth_time"]``): ``gt +- tolerance``.
+    """
+    tol = float(record.extra.get("tolerance", default_tolerance))
+    if "event_time" in record.extra:
+        t = float(record.extra["event_time"])
+        return t, t + tol
+    if "ground_truth_time" in record.extra:
+        t = float(record.extra["ground_truth_time"])
+        return t - tol, t + tol
+    return None
+
+
+# ------------------------------------------------------------------------------------------- engine
+
+
+class Engine:
+    """What the protocols share for one configuration: the adapter, sessions, pooling, prompts, scoring.
+
+    Args:
+        adapter: the VLM adapter.
+        method: the configuration (memory policy + pooling).
+        settings: the protocol settings.
+        scorer: a ``RelevanceScorer`` for prompt pooling (None with ``pooling="prompt"``: the shipped
+            ShapesWorld CLIP is loaded).
+        judge: optional LLM judge for open answers (``scoring.OpenAIJudge``).
+    """
+
+    def __init__(self, adapter: VLMAdapter, method: MethodConfig, settings: ProtocolConfig,
+                 scorer: Any = None, judge: Any = None) -> None:
+        self.adapter = adapter
+        self.method = method
+        self.settings = settings
+        self.judge = judge
+        self.scorer = scorer
+        if method.pooling == "prompt" and scorer is None:
+            self.scorer = load_scorer(None, frames_per_token=adapter.frames_per_group)
+        self.stream_pooling = self._stream_pooling()
+        self.generation = GenerationConfig(max_new_tokens=settings.max_new_tokens)
+        self.system_tokens = len(adapter.tokenize(adapter.prefix_text()))
+        group = adapter.frames_per_group
+        self.poll_frames = settings.poll_frames or group
+
+    def _stream_pooling(self):
+        """The question-independent pooling stage (None: no pooling)."""
+        if self.method.pooling == "none":
+            return None
+        pooling = PromptGuidedPooling(PoolingConfig(kernel=self.method.kernel, padding="replicate"))
+        if self.method.pooling == "avg":
+            return PoolingStage(pooling)
+        return PoolingStage(pooling, self.scorer, self.method.standing_query)
+
+    def new_session(self, pooling: Any = "stream") -> StreamingSession:
+        return StreamingSession(
+            self.adapter,
+            memory=self.method.make_policy(),
+            pooling=self.stream_pooling if pooling == "stream" else pooling,
+            config=StreamConfig(chunk_frames=self.settings.chunk_frames, max_new_tokens=self.settings.max_new_tokens),
+        )
+
+    def prompt(self, record: QARecord) -> str:
+        return format_prompt(record, self.settings.prompt_style)
+
+    def visual_tokens(self, session: StreamingSession, answer: Answer) -> int:
+        """Visual tokens that entered the LLM for this answer."""
+        if session.memory.stores_frames:  # offline policy: what it re-encoded for the question
+            return max(0, answer.cache_tokens - self.system_tokens)
+        return answer.visual_tokens_seen
+
+    def result(self, index: int, record: QARecord, session: StreamingSession, answer: Answer | None, *,
+               prompt: str, prediction: str, correct: bool, score: float | None = None,
+               asked_at: float | None, ingest_s: float, ttft_s: float | None = None,
+               total_s: float | None = None, visual_tokens: int | None = None, response_time: float | None = None,
+               polls: int = 0, probes: list[dict[str, Any]] | None = None, error: str | None = None) -> RecordResult:
+        rss, peak_rss = process_memory()
+        frames = session.stats.frames
+        kv = answer.kv_bytes if answer is not None else session.cache.kv_bytes()
+        return RecordResult(
+            index=index,
+            qid=record.qid,
+            benchmark=record.benchmark,
+            video=record.video,
+            task_type=record.task_type,
+            task_kind=record.task_kind,
+            duration_class=record.duration_class,
+            prompt=prompt,
+            prediction=prediction,
+            reference=reference_text(record),
+            correct=bool(correct),
+            score=float(correct) if score is None else float(score),
+            asked_at=asked_at,
+            response_time=response_time,
+            polls=polls,
+            ttft_s=float(ttft_s if ttft_s is not None else (answer.ttft_s if answer else 0.0)),
+            total_s=float(total_s if total_s is not None else (answer.total_s if answer else 0.0)),
+            visual_tokens=int(visual_tokens if visual_tokens is not None
+                              else (self.visual_tokens(session, answer) if answer else session.stats.visual_tokens)),
+            memory_tokens=int(answer.cache_tokens if answer is not None else session.cache.physical_length()),
+            kv_bytes=int(kv),
+            peak_kv_bytes=int(max(session.stats.peak_kv_bytes, kv)),
+            rss_bytes=rss,
+            peak_rss_bytes=peak_rss,
+            frames_seen=int(frames),
+            stream_seconds=session.frame_log[-1][1] if session.frame_log else None,
+            ingest_s=float(ingest_s),
+            frames_per_s=float(frames / ingest_s) if ingest_s > 0 else 0.0,
+            probes=probes or [],
+            error=error,
+        )
+
+
+#: Called just before each question: ``(session, record, asked_at)``; tests read the frame log here.
+AskHook = Callable[[StreamingSession, QARecord, float], None]
+
+
+def _check_causal(session: StreamingSession, record: QARecord, t: float) -> None:
+    if session.frame_log and session.frame_log[-1][1] > t + 1e-9:
+        raise CausalityError(
+            f"record {record.qid!r} asked at {t:.3f}s but frame {session.frame_log[-1][0]} at "
+            f"{session.frame_log[-1][1]:.3f}s is already in memory"
+        )
+
+
+# ------------------------------------------------------------------------------------------ offline
+
+
+class QuestionPooledVideo(OfflineVideoQA):
+    """``streaming.offline.OfflineVideoQA`` (encode once, re-pool per question), stopping before the
+    question: the evaluator needs the session (statistics, frame log), and the relevance model sees
+    the question alone while the LLM gets the formatted prompt with its options."""
+
+    def session_for(self, query: str) -> StreamingSession:
+        """A fresh session holding the cached video pooled against ``query``."""
+        from ..pooling.relevance import VideoPatchFeatures
+
+        session = StreamingSession(self.adapter, memory=self.memory() if callable(self.memory) else None,
+                                   config=self.config)
+        for chunk in self.chunks:
+            weights = None
+            if self.scorer is not None:
+                feats = VideoPatchFeatures(self.clip_features.features[:, chunk.clip_slice])
+                with torch.no_grad():
+                    weights = self.scorer.score(query, feats, grid=chunk.visual.grid)
+            session.add_visual_tokens(pool_visual(chunk.visual, self.pooling, weights), chunk.frame_times)
+        return session
+
+
+def _offline_window(record: QARecord, settings: ProtocolConfig) -> tuple[float | None, float | None]:
+    if not settings.use_segments:
+        return None, None
+    end = record.end if record.end is not None else record.timestamp
+    return record.start, end
+
+
+def _offline_probes(index: int, record: QARecord, source: VideoSource, engine: Engine,
+                    on_ask: AskHook | None) -> RecordResult:
+    """OVO-Bench forward record offline: each probe sees the video up to its own time, afresh."""
+    settings = engine.settings
+    done: list[tuple[dict[str, Any], Answer, bool]] = []
+    session = None
+    ingest_s = 0.0
+    for p in record.extra["probes"]:
+        t = float(p["timestamp"])
+        clip = source.sample(num_frames=settings.num_frames, fps=settings.fps, start=None, end=t)
+        session = engine.new_session()
+        t0 = time.perf_counter()
+        session.add_frames(clip.frames, clip.timestamps)
+        session.flush()
+        ingest_s += time.perf_counter() - t0
+        if on_ask is not None:
+            on_ask(session, record, t)
+        answer = session.ask(str(p["question"]), engine.generation)
+        done.append((p, answer, score_open(answer.text, str(p["answer"]))))
+    return _probe_result(engine, index, record, session, done, ingest_s)
+
+
+def _probe_result(engine: Engine, index: int, record: QARecord, session: StreamingSession,
+                  done: list[tuple[dict[str, Any], Answer, bool]], ingest_s: float) -> RecordResult:
+    n_ok = sum(ok for _, _, ok in done)
+    return engine.result(
+        index, record, session, done[-1][1], prompt=str(done[0][0]["question"]),
+        prediction=" | ".join(a.text for _, a, _ in done), correct=n_ok == len(done), score=n_ok / len(done),
+        asked_at=float(done[-1][0]["timestamp"]), ingest_s=ingest_s,
+        ttft_s=float(np.mean([a.ttft_s for _, a, _ in done])), total_s=float(np.mean([a.total_s for _, a, _ in done])),
+        probes=[{"timestamp": float(p["timestamp"]), "prediction": a.text, "answer": str(p["answer"]),
+                 "correct": bool(ok)} for p, a, ok in done],
+    )
+
+
+def run_offline(items: Sequence[tuple[int, QARecord]], source: VideoSource, engine: Engine,
+                on_ask: AskHook | None = None) -> list[RecordResult]:
+    """Answer the records of one video offline (see the module docstring)."""
+    settings = engine.settings
+    groups: dict[tuple[float | None, float | None], list[tuple[int, QARecord]]] = defaultdict(list)
+    for index, record in items:
+        if record.task_kind == "forward" and not record.extra.get("probes"):
+            raise ValueError(f"record {record.qid!r}: a forward question is answered when its event happens; "
+                             "it needs the streaming protocol")
+        if not record.extra.get("probes"):
+            groups[_offline_window(record, settings)].append((index, record))
+    results: list[RecordResult] = []
+    for index, record in [item for item in items if item[1].extra.get("probes")]:
+        results.append(_offline_probes(index, record, source, engine, on_ask))
+    for (start, end), members in groups.items():
+        clip = source.sample(num_frames=settings.num_frames, fps=settings.fps, start=start, end=end)
+        asked_at = float(end) if end is not None else float(clip.timestamps[-1])
+        if engine.method.repools_per_question:
+            t0 = time.perf_counter()
+            qa = QuestionPooledVideo(
+                engine.adapter, PromptGuidedPooling(PoolingConfig(kernel=engine.method.kernel, padding="replicate")),
+                engine.scorer, memory=engine.method.make_policy, chunk_frames=settings.chunk_frames)
+            with torch.no_grad():
+                qa.load(clip.frames, clip.timestamps)
+            encode_s = time.perf_counter() - t0
+            for index, record in members:
+                prompt = engine.prompt(record)
+                t1 = time.perf_counter()
+                session = qa.session_for(record.question)
+                repool_s = time.perf_counter() - t1
+                if on_ask is not None:
+                    on_ask(session, record, asked_at)
+                answer = session.ask(prompt, engine.generation)
+                ok = score_answer(record, answer.text, engine.judge)
+                results.append(engine.result(
+                    index, record, session, answer, prompt=prompt, prediction=answer.text, correct=ok,
+                    asked_at=asked_at, ingest_s=encode_s, ttft_s=repool_s + answer.ttft_s,
+                    total_s=repool_s + answer.total_s,
+                ))
+            continue
+        session = engine.new_session()
+        t0 = time.perf_counter()
+        session.add_frames(clip.frames, clip.timestamps)
+        session.flush()
+        ingest_s = time.perf_counter() - t0
+        for index, record in members:
+            prompt = engine.prompt(record)
+            if on_ask is not None:
+                on_ask(session, record, asked_at)
+            answer = session.ask(prompt, engine.generation)
+            ok = score_answer(record, answer.text, engine.judge)
+            results.append(engine.result(index, record, session, answer, prompt=prompt, prediction=answer.text,
+                                         correct=ok, asked_at=asked_at, ingest_s=ingest_s))
+    return results
+
+
+# ---------------------------------------------------------------------------------------- streaming
+
+
+@dataclass(order=True)
+class _Event:
+    time: float
+    order: int
+    index: int = field(compare=False)
+    record: QARecord = field(compare=False)
+    kind: str = field(compare=False)  # "ask", "poll" (forward start) or "probe"
+    probe: dict[str, Any] | None = field(compare=False, default=None)
+
+
+@dataclass
+class _Forward:
+    index: int
+    record: QARecord
+    prompt: str
+    polls: int = 0
+    last: Answer | None = None
+
+
+def _events(items: Sequence[tuple[int, QARecord]]) -> list[_Event]:
+    events: list[_Event] = []
+    for index, record in items:
+        probes = record.extra.get("probes") if record.task_kind == "forward" else None
+        if probes:
+            for p in probes:
+                events.append(_Event(float(p["timestamp"]), len(events), index, record, "probe", p))
+        elif record.task_kind == "forward":
+            events.append(_Event(record.timestamp or 0.0, len(events), index, record, "poll"))
+        else:
+            t = math.inf if record.timestamp is None else float(record.timestamp)
+            events.append(_Event(t, len(events), index, record, "ask"))
+    return sorted(events)
+
+
+def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, engine: Engine,
+                  on_ask: AskHook | None = None) -> list[RecordResult]:
+    """Answer the records of one video through one streaming session (see the module docstring)."""
+    settings = engine.settings
+    session = engine.new_session()
+    pending = deque(_events(items))
+    probe_left = defaultdict(int)
+    for ev in pending:
+        if ev.kind == "probe":
+            probe_left[ev.index] += 1
+    probe_answers: dict[int, list[tuple[dict[str, Any], Answer, bool]]] = defaultdict(list)
+    active: list[_Forward] = []
+    results: list[RecordResult] = []
+    buf_frames: list[np.ndarray] = []
+    buf_times: list[float] = []
+    ingest_s = 0.0
+    now = -math.inf  # time of the newest frame handed to the session
+
+    def feed() -> None:
+        nonlocal ingest_s
+        if buf_frames:
+            t0 = time.perf_counter()
+            session.add_frames(np.stack(buf_frames), np.asarray(buf_times))
+            ingest_s += time.perf_counter() - t0
+            buf_frames.clear()
+            buf_times.clear()
+
+    def ask(record: QARecord, prompt: str, t: float) -> Answer:
+        feed()
+        session.flush()  # a partial temporal group goes in now (ask would do it): the log is what it sees
+        _check_causal(session, record, t)
+        if on_ask is not None:
+            on_ask(session, record, t)
+        return session.ask(prompt, engine.generation)
+
+    def poll(fw: _Forward, t: float) -> bool:
+        fw.polls += 1
+        fw.last = ask(fw.record, fw.prompt, t)
+        window = forward_window(fw.record, settings.forward_tolerance)
+        fired = says_now(fw.last.text) or (
+            not fw.record.options and fw.record.extra.get("ground_truth_time") is not None
+            and score_open(fw.last.text, str(fw.record.answer))
+        )
+        if not fired:
+            return False
+        rt = session.frame_log[-1][1] if session.frame_log else t
+        ok = window is not None and window[0] - 1e-9 <= rt <= window[1] + 1e-9
+        if "ground_truth_time" in fw.record.extra and not fw.record.extra.get("event_time"):
+            ok = ok and score_answer(fw.record, fw.last.text, engine.judge)  # proactive: content too
+        finish_forward(fw, ok, rt)
+        return True
+
+    def finish_forward(fw: _Forward, ok: bool, rt: float | None, error: str | None = None) -> None:
+        results.append(engine.result(
+            fw.index, fw.record, session, fw.last, prompt=fw.prompt,
+            prediction=fw.last.text if fw.last else "", correct=ok, asked_at=fw.record.timestamp,
+            ingest_s=ingest_s, response_time=rt, polls=fw.polls, error=error,
+        ))
+
+    def handle(ev: _Event, t: float) -> None:
+        record = ev.record
+        if ev.kind == "poll":
+            fw = _Forward(ev.index, record, engine.prompt(record))
+            if not poll(fw, t):
+                active.append(fw)
+            return
+        if ev.kind == "probe":
+            p = ev.probe or {}
+            answer = ask(record, str(p["question"]), t)
+            probe_answers[ev.index].append((p, answer, score_open(answer.text, str(p["answer"]))))
+            probe_left[ev.index] -= 1
+            if probe_left[ev.index] == 0:
+                results.append(_probe_result(engine, ev.index, record, session, probe_answers.pop(ev.index),
+                                             ingest_s))
+            return
+        prompt = engine.prompt(record)
+        answer = ask(record, prompt, t)
+        ok = score_answer(record, answer.text, engine.judge)
+        results.append(engine.result(ev.index, record, session, answer, prompt=prompt, prediction=answer.text,
+                                     correct=ok, asked_at=t, ingest_s=ingest_s))
+
+    def poll_active() -> None:
+        t = now
+        for fw in list(active):
+            window = forward_window(fw.record, settings.forward_tolerance)
+            if window is not None and t > window[1] + 1e-9:
+                finish_forward(fw, False, None)  # the window has closed: a miss, whatever comes later
+                active.remove(fw)
+            elif poll(fw, t):
+                active.remove(fw)
+
+    since_poll = 0
+    stream = source.stream(fps=settings.fps, chunk_frames=settings.chunk_frames)
+    for clip in stream:
+        for frame, t in zip(clip.frames, clip.timestamps, strict=True):
+            t = float(t)
+            # Every frame up to a question's time is in before it is asked, and no later one.
+            while pending and pending[0].time < t:
+                ev = pending.popleft()
+                handle(ev, ev.time)
+            if not pending and not active:
+                break
+            buf_frames.append(frame)
+            buf_times.append(t)
+            now = t
+            since_poll += 1
+            if active and since_poll >= engine.poll_frames:
+                since_poll = 0
+                poll_active()
+            elif not active:
+                since_poll = 0
+        else:
+            continue
+        break  # nothing left to ask: stop reading the stream
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+    feed()
+    if active and since_poll:
+        poll_active()
+    while pending:  # questions after the end of the stream
+        ev = pending.popleft()
+        end = now if math.isfinite(now) else 0.0  # no frame at all: asked at the start
+        handle(ev, max(end, ev.time) if math.isfinite(ev.time) else end)
+    for fw in active:  # never fired: a miss
+        finish_forward(fw, False, None)
+    return results

@@ -1,0 +1,97 @@
+"""SnapKV for a stream: keep the entries an observation window attends to, pooled over neighbours.
+
+Based on "SnapKV: LLM Knows What You are Looking for Before Generation" (Li et al., arXiv 2404.14469).
+SnapKV scores the prefix by the attention of the prompt's last tokens (the observation window) and
+keeps the top entries after a 1-D pooling that keeps neighbours of peaks. A stream has no question
+yet, so the window is a fixed pseudo-query (the probe), and since a layer's entries are shared by its
+KV heads here, scores are averaged over heads (the original selects per head). No tiers, no recency,
+no anchors: the attention-only ablation of HERMES. Knows nothing of video: entries and attention.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .cache import MemoryCache, TokenKind
+from .policy import AttentionProbe, CompressResult, MemoryPolicy, check_budget, require_rope
+from .positions import REINDEX_MODES, reindex_cache
+
+if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
+    from ..models.base import RopeSpec
+
+
+@dataclass
+class SnapKV(MemoryPolicy):
+    """Per layer, keep the ``budget`` visual entries with the highest pooled probe attention.
+
+    Attributes:
+        budget: visual entries kept per layer.
+        kernel: width of the max-pooling over neighbouring entries (ref: 7; odd).
+        prompt: the observation window's text (a pseudo-query).
+        reindex: "lazy" or "eager" position re-indexing.
+        headroom: positions kept free under the model maximum (one chunk + a question and answer).
+    """
+
+    name: ClassVar[str] = "snapkv"
+
+    budget: int = 4096
+    kernel: int = 7
+    prompt: str = "Summarize everything that has happened in the video so far."
+    reindex: str = "lazy"
+    headroom: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ValueError(f"snapkv: budget must be >= 1, got {self.budget}")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"snapkv: kernel must be a positive odd width, got {self.kernel}")
+        if not self.prompt.strip():
+            raise ValueError("snapkv: the observation prompt must not be empty")
+        if self.reindex not in REINDEX_MODES:
+            raise ValueError(f"snapkv: reindex must be one of {REINDEX_MODES}, got {self.reindex!r}")
+
+    @property
+    def probe_prompts(self) -> dict[str, str]:  # type: ignore[override]
+        return {"window": self.prompt}
+
+    def check_model(self, rope: RopeSpec | None, num_layers: int) -> None:
+        require_rope(rope, self.name)
+
+    def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
+        require_rope(rope, self.name)
+        check_budget(self.budget, num_system_tokens, self.name)
+        if num_system_tokens + self.budget + self.headroom >= rope.max_position_embeddings:
+            raise ValueError(
+                f"snapkv: system ({num_system_tokens}) + budget ({self.budget}) + headroom ({self.headroom}) "
+                f"do not fit under the model's {rope.max_position_embeddings} positions"
+            )
+
+    def wants_compress(self, cache: MemoryCache) -> bool:
+        return cache.count(TokenKind.VISUAL) > self.budget
+
+    def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
+                 next_position: int) -> CompressResult:
+        t0 = time.perf_counter()
+        evicted = 0
+        for i, layer in enumerate(cache.layers):
+            visual = (layer.kinds == int(TokenKind.VISUAL)).nonzero().squeeze(1)
+            if visual.numel() <= self.budget:
+                continue
+            if probe is not None and "window" in probe.scores:
+                attention = probe.scores["window"][i].float().cpu()[visual]
+            else:  # no probe: newest entries win (ties broken towards the end below)
+                attention = torch.zeros(visual.numel())
+            pooled = F.max_pool1d(attention[None, None], self.kernel, stride=1, padding=self.kernel // 2)[0, 0]
+            pooled = pooled + 1e-9 * torch.arange(pooled.numel()) / pooled.numel()
+            kept = visual[torch.topk(pooled, self.budget).indices]
+            others = (layer.kinds != int(TokenKind.VISUAL)).nonzero().squeeze(1)
+            before = len(layer)
+            layer.select(torch.sort(torch.cat([others, kept])).values)
+            evicted = max(evicted, before - len(layer))
+        new_next = reindex_cache(cache, rope, next_position, mode=self.reindex, headroom=self.headroom)
+        return CompressResult(evicted=evicted, next_position=new_next, seconds=time.perf_counter() - t0)

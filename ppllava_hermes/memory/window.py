@@ -1,0 +1,104 @@
+"""Recent window: keep only the newest frames (the SimpleStream baseline).
+
+Based on "SimpleStream" (arXiv 2604.02317): a streaming VLM that sees only its last few frames is a
+strong baseline on real-time questions and blind to the past; memory policies must beat it there.
+Knows nothing of video beyond the per-entry frame ids the cache holds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from .cache import MemoryCache, TokenKind
+from .policy import AttentionProbe, CompressResult, MemoryPolicy, check_budget, require_rope
+from .positions import REINDEX_MODES, reindex_cache
+
+if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
+    from ..models.base import RopeSpec
+
+
+@dataclass
+class RecentWindow(MemoryPolicy):
+    """Keep the system prompt and the newest whole frames; positions re-indexed inside the cache.
+
+    Attributes:
+        budget: visual entries kept per layer, as whole frames (the newest frames that fit; if not even
+            one frame fits, its newest ``budget`` entries). None: use ``frames``.
+        frames: newest frames kept when ``budget`` is None (ref SimpleStream: 4). Frames are counted by
+            the stream frame ids in the cache (Qwen2.5-VL: a frame pair carries its first frame's id).
+        reindex: "eager" (default: the window always sits right after the system prompt, as a model
+            that only ever saw these frames would have it) or "lazy" (only near the position limit).
+        headroom: positions kept free under the model maximum (one chunk + a question and answer).
+    """
+
+    name: ClassVar[str] = "window"
+
+    budget: int | None = None
+    frames: int = 4
+    reindex: str = "eager"
+    headroom: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"window: budget must be >= 1 visual token, got {self.budget}")
+        if self.frames < 1:
+            raise ValueError(f"window: frames must be >= 1, got {self.frames}")
+        if self.reindex not in REINDEX_MODES:
+            raise ValueError(f"window: reindex must be one of {REINDEX_MODES}, got {self.reindex!r}")
+        if self.headroom < 0:
+            raise ValueError(f"window: headroom must be >= 0, got {self.headroom}")
+
+    def check_model(self, rope: RopeSpec | None, num_layers: int) -> None:
+        require_rope(rope, self.name)
+
+    def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
+        require_rope(rope, self.name)
+        if self.budget is not None:
+            check_budget(self.budget, num_system_tokens, self.name)
+            if num_system_tokens + self.budget + self.headroom >= rope.max_position_embeddings:
+                raise ValueError(
+                    f"window: system ({num_system_tokens}) + budget ({self.budget}) + headroom ({self.headroom}) "
+                    f"does not fit under the model's {rope.max_position_embeddings} positions"
+                )
+
+    def _keep_visual(self, layer) -> torch.Tensor:
+        """``(N,)`` bool: which visual entries stay (identical in every layer)."""
+        visual = layer.kinds == int(TokenKind.VISUAL)
+        fids = layer.frame_ids[visual]
+        keep = torch.zeros_like(visual)
+        if fids.numel() == 0:
+            return keep
+        if self.budget is None:
+            newest = int(fids.max())
+            keep[visual] = fids > newest - self.frames
+            return keep
+        frames, per_frame = torch.unique(fids, return_counts=True)
+        newest_first = per_frame.flip(0).cumsum(0)
+        fitting = int((newest_first <= self.budget).sum())
+        if fitting:
+            keep[visual] = fids >= frames[-fitting]
+        else:  # one frame is larger than the budget: keep its newest entries
+            idx = visual.nonzero().squeeze(1)[-self.budget:]
+            keep[idx] = True
+        return keep
+
+    def wants_compress(self, cache: MemoryCache) -> bool:
+        layer = cache.layers[0]
+        visual = layer.kinds == int(TokenKind.VISUAL)
+        return bool((visual & ~self._keep_visual(layer)).any())
+
+    def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
+                 next_position: int) -> CompressResult:
+        t0 = time.perf_counter()
+        layer0 = cache.layers[0]
+        keep = (layer0.kinds != int(TokenKind.VISUAL)) | self._keep_visual(layer0)
+        index = keep.nonzero().squeeze(1)
+        evicted = len(layer0) - index.numel()
+        for layer in cache.layers:  # every layer holds the same entries under this policy
+            layer.select(index)
+        new_next = reindex_cache(cache, rope, next_position, mode=self.reindex, headroom=self.headroom)
+        return CompressResult(evicted=evicted, next_position=new_next, seconds=time.perf_counter() - t0)
