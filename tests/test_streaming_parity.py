@@ -68,3 +68,25 @@ def test_memory_restored_after_ask(family):
         assert b.keys() == a.keys()
         for key in b:
             assert torch.equal(b[key], a[key]), key
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_round_trips_through_from_pretrained(family, tmp_path):
+    from ppllava_hermes.models import load_adapter
+
+    adapter = tiny_adapter(family)
+    adapter.save_pretrained(tmp_path)
+    loaded = load_adapter(tmp_path, dtype=torch.float32)
+    assert type(loaded) is type(adapter)
+    frames, times = random_frames(4, seed=5)
+    a = adapter.encode_frames(frames, times, 0).features
+    b = loaded.encode_frames(frames, times, 0).features
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert loaded.tokenize("what?").tolist() == adapter.tokenize("what?").tolist()
+
+
+def test_load_adapter_errors_name_the_path(tmp_path):
+    from ppllava_hermes.models import load_adapter
+
+    with pytest.raises(ValueError, match="cannot read its config"):
+        load_adapter(tmp_path / "missing")

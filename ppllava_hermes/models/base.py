@@ -90,6 +90,19 @@ class RopeSpec:
     max_position_embeddings: int
 
 
+def load_processors(path):
+    """The tokenizer and video processor saved with a checkpoint; ``None`` for the video processor when the
+    folder has none (the adapter then builds the family's default from the model config)."""
+    from transformers import AutoTokenizer, AutoVideoProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        video_processor = AutoVideoProcessor.from_pretrained(path)
+    except (OSError, ValueError):
+        video_processor = None
+    return tokenizer, video_processor
+
+
 def text_meta(length: int, start: int, pos_dims: int, kind: TokenKind) -> TokenMeta:
     """Positions ``start .. start+length-1`` on every axis (text uses 1-D positions, copied per axis)."""
     pos = torch.arange(start, start + length, dtype=torch.long)

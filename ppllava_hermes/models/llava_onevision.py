@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..memory.cache import TokenKind, TokenMeta
-from .base import Segment, VisualTokens, VLMAdapter
+from .base import Segment, VisualTokens, VLMAdapter, load_processors
 
 
 class LlavaOnevisionAdapter(VLMAdapter):
@@ -31,14 +31,14 @@ class LlavaOnevisionAdapter(VLMAdapter):
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str = "auto", device: str | None = None,
                         attn_implementation: str | None = None, **kwargs) -> LlavaOnevisionAdapter:
         """Load a real checkpoint (local folder, or a hub name where the hub is reachable)."""
-        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+        from transformers import LlavaOnevisionForConditionalGeneration
 
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=dtype, **extra).eval()
         if device:
             model = model.to(device)
-        processor = AutoProcessor.from_pretrained(path)
-        return cls(model, processor.tokenizer, processor.video_processor, **kwargs)
+        tokenizer, video_processor = load_processors(path)
+        return cls(model, tokenizer, video_processor, **kwargs)
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(path)

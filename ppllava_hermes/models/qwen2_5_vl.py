@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..memory.cache import TokenKind, TokenMeta
-from .base import Segment, VisualTokens, VLMAdapter
+from .base import Segment, VisualTokens, VLMAdapter, load_processors
 
 DEFAULT_FPS = 1.0
 
@@ -50,7 +50,7 @@ class Qwen2_5_VLAdapter(VLMAdapter):
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str = "auto", device: str | None = None,
                         attn_implementation: str | None = None, **kwargs) -> Qwen2_5_VLAdapter:
         """Load a real checkpoint (local folder, or a hub name where the hub is reachable)."""
-        from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
         config = AutoConfig.from_pretrained(path)
         if config.model_type == "qwen2_vl":
@@ -61,8 +61,8 @@ class Qwen2_5_VLAdapter(VLMAdapter):
         model = model_cls.from_pretrained(path, dtype=dtype, **extra).eval()
         if device:
             model = model.to(device)
-        processor = AutoProcessor.from_pretrained(path)
-        return cls(model, processor.tokenizer, processor.video_processor, **kwargs)
+        tokenizer, video_processor = load_processors(path)
+        return cls(model, tokenizer, video_processor, **kwargs)
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(path)
