@@ -216,11 +216,29 @@ def stream_policy(name: str, model, tok, chunks: list[torch.Tensor], needles: li
         if k % 50 == 0:
             log(f"  {name} chunk {k}/{len(chunks)} entries {mem.cache.physical_length()} "
                 f"next position {mem.next_position} ({time.perf_counter() - t0:.0f} s)")
+    kept = None if name == "uniform" else needle_retention(mem, needles)
     if name == "uniform":
         mem = replay_memory(model, tok, policy, chunks, len(chunks), args)
     answers = [mem.ask(question(nd)) for nd in needles]
     log(f"  {name}: {time.perf_counter() - t0:.0f} s, compress {mem.compress_s:.0f} s, answers {answers}")
-    return {"nll": nll, "answers": answers}
+    return {"nll": nll, "answers": answers, "kept": kept}
+
+
+def needle_retention(mem: TextMemory, needles: list[dict]) -> list[list[float]]:
+    """Per needle, per layer: the share of the needle's tokens the memory still holds as they were.
+
+    Stream token ``i`` has uid ``system + i`` (probes and questions are rolled back, so they take no uid).
+    """
+    system = int((mem.cache.layers[0].kinds == int(TokenKind.SYSTEM)).sum())
+    out = []
+    for nd in needles:
+        lo, hi = system + nd["tokens"][0], system + nd["tokens"][1]
+        row = []
+        for layer in mem.cache.layers:
+            held = layer.uids[layer.kinds == int(TokenKind.VISUAL)]
+            row.append(float(((held >= lo) & (held < hi)).sum()) / (hi - lo))
+        out.append(row)
+    return out
 
 
 def replay_memory(model, tok, policy: MemoryPolicy, chunks: list[torch.Tensor], upto: int, args) -> TextMemory:
@@ -290,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     chunks = list(ids.split(args.chunk))
     kept_text = tok.decode(ids)
     needles = [nd for nd in needles if nd["sentence"].strip() in kept_text]
+    offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"][:n_tokens]
+    for nd in needles:  # the needle's token span in the stream
+        start = text.find(nd["sentence"])
+        stop = start + len(nd["sentence"])
+        inside = [i for i, (a, b) in enumerate(offsets) if b > start and a < stop]
+        nd["tokens"] = (inside[0], inside[-1] + 1)
     if len(needles) < args.needles:
         log(f"warning: only {len(needles)} of {args.needles} needles fit in the stream")
     log(f"{len(ids)} tokens in {len(chunks)} chunks of {args.chunk}; {len(needles)} needles")
@@ -376,6 +400,15 @@ def write_report(rows, results, needles, control, args, command) -> None:
             except ZeroDivisionError:
                 spans.append("-")
         lines.append(f"| {name} | {spans[0]} | {spans[1]} |")
+    lines += ["", "Needle tokens still held (share of the needle's tokens, averaged over needles before depth 0.9; "
+              "per layer tier for 30 layers: 0-2 / 3-20 / 21-29):", ""]
+    for name, res in results.items():
+        if not res.get("kept"):
+            continue
+        old = [k for k, nd in zip(res["kept"], needles, strict=True) if nd["depth"] < 0.9]
+        tiers = [(0, 3), (3, 21), (21, 30)]
+        shares = [float(np.mean([np.mean(k[a:b]) for k in old])) for a, b in tiers]
+        lines.append(f"- {name}: " + " / ".join(f"{100 * x:.1f}%" for x in shares))
     lines += ["", "Answers per needle (depth: expected -> policy answers):", ""]
     for i, nd in enumerate(needles):
         answers = "; ".join(f"{name}: {res['answers'][i]!r}" for name, res in results.items())

@@ -172,6 +172,10 @@ def test_shapesworld_results_script_writes_rows_with_exact_fields(tmp_path):
     assert overall == [("full", 64), ("full", 128), ("window", 64), ("window", 128)]  # full repeated per budget
     md = (tmp_path / "eval_shapesworld.md").read_text()
     assert "python -m evaluate.eval_shapesworld --model random-shapesworld" in md and "RANDOM weights" in md
+    # the results files can be re-written from the per-record report, without the model
+    (tmp_path / "eval_shapesworld.json").unlink()
+    assert eval_shapesworld.main(argv + ["--from-details", str(tmp_path / "details" / "results.json")]) == 0
+    assert json.loads((tmp_path / "eval_shapesworld.json").read_text()) == rows
 
 
 def test_a_benchmark_file_runs_through_the_reader_and_the_streaming_protocol(tmp_path, monkeypatch):

@@ -270,6 +270,22 @@ def plot_short_vs_long(runs: Sequence[EvalRun], path: Path) -> Path:
     return path
 
 
+def load_runs(path: str | Path) -> list[EvalRun]:
+    """The runs of a ``results.json`` written by :func:`write_report` (to re-draw tables and plots)."""
+    from .protocols import MethodConfig
+    from .runner import EvalConfig
+
+    data = json.loads(Path(path).read_text())
+    runs = []
+    for r in data["runs"]:
+        config = dict(r["config"], pool_kernel=tuple(r["config"]["pool_kernel"]),
+                      task_kinds=tuple(r["config"]["task_kinds"]))
+        method = dict(r["method"], kernel=tuple(r["method"]["kernel"]))
+        runs.append(EvalRun(EvalConfig(**config), MethodConfig(**method), [RecordResult(**x) for x in r["results"]],
+                            skipped=r["skipped"], seconds=r["seconds"], split=r["split"]))
+    return runs
+
+
 def write_report(runs: Sequence[EvalRun], out_dir: str | Path, *, title: str = "Evaluation",
                  command: str | None = None, plots: bool = True) -> dict[str, Path]:
     """Write ``results.json``, ``summary.md`` and the plots under ``out_dir``; returns their paths."""
