@@ -15,7 +15,8 @@ Configurations (``--configs``):
   ``merge+hermes+prop``: the same with proportional attention (log(count) on merged entries);
 * ``dmc:<folder>``: a model retrofitted by ``train/train_dmc.py``, its learned decisions driving the
   merge, no eviction (``--dmc`` adds one per folder); compared with ``full``;
-* ``novelty`` / ``novelty+hermes``: novelty gate (``--novelty-threshold``) on the full cache / HERMES;
+* ``novelty`` / ``novelty+hermes``: novelty gate (``--novelty-threshold``, a forced refresh after
+  ``--novelty-max-skip`` skipped groups) on the full cache / HERMES; ``novelty-unbounded``: no refresh;
 * ``relevance``: top-``--relevance-k`` groups per chunk by relevance to ``--standing-query`` (the
   ShapesWorld CLIP), the newest group always kept.
 
@@ -41,7 +42,7 @@ import torch
 
 ROW_FIELDS = ("config", "budget", "kv_compression_ratio", "frames_skipped_fraction", "accuracy_backward",
               "accuracy_realtime", "ttft_ms", "ingest_fps")
-DEFAULT_CONFIGS = "full,hermes,merge+hermes,merge+hermes+prop,novelty,novelty+hermes,relevance"
+DEFAULT_CONFIGS = "full,hermes,merge+hermes,merge+hermes+prop,novelty,novelty-unbounded,novelty+hermes,relevance"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--novelty-threshold", type=float, default=0.01,
                    help="feature cosine distance to keep a frame (default 0.01: static ShapesWorld groups < 1e-3, "
                         "moving ones > 8e-3)")
+    p.add_argument("--novelty-max-skip", type=int, default=5,
+                   help="novelty gate: keep a group after this many skipped in a row (default 5; the "
+                        "'novelty-unbounded' configuration never forces one)")
     p.add_argument("--relevance-k", type=int, default=1, help="groups kept per chunk by the relevance gate")
     p.add_argument("--standing-query", default="Which shapes and colours are in the scene?")
     p.add_argument("--threads", type=int, default=1)
@@ -116,14 +120,15 @@ def build(config: str, args: argparse.Namespace, base_adapter, dmc_adapters: dic
         return adapter, TokenMerge(decider=KeyDimDecider(dim=info["dim"], offset=info["offset"])), None, False
     gate = None
     if config.startswith("novelty"):
-        gate = RecordingGate(NoveltyGate(threshold=args.novelty_threshold))
+        max_skip = None if "unbounded" in config else args.novelty_max_skip
+        gate = RecordingGate(NoveltyGate(threshold=args.novelty_threshold, max_skip=max_skip))
     if config.startswith("relevance"):
         if "scorer" not in scorer_cache:
             from ppllava_hermes.streaming.pooling_stage import load_scorer
 
             scorer_cache["scorer"] = load_scorer(None, frames_per_token=base_adapter.frames_per_group)
         gate = RecordingGate(RelevanceGate(scorer_cache["scorer"], args.standing_query, k=args.relevance_k))
-    if config in ("full", "novelty", "relevance"):
+    if config in ("full", "novelty", "novelty-unbounded", "relevance"):
         policy = FullCache()
     elif config in ("hermes", "novelty+hermes", "relevance+hermes"):
         policy = hermes()
@@ -322,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), f"({time.time() - t0:.0f} s)", flush=True)
     notes = [f"HERMES: budget {args.budget}, {args.anchors} anchors; merge threshold {args.merge_threshold} "
              f"(key cosine); novelty threshold {args.novelty_threshold} (feature cosine distance, max over "
-             f"tokens); relevance: top-{args.relevance_k} group per chunk + the newest, standing query "
+             f"tokens; forced refresh after {args.novelty_max_skip} skipped groups); relevance: top-{args.relevance_k} group per chunk + the newest, standing query "
              f"{args.standing_query!r}.",
              "KV ratio: visual entries a full cache holds at the same question / visual entries held. "
              "Δ: accuracy difference in points on the same questions against the reference configuration "
