@@ -129,6 +129,12 @@ class VLMAdapter(ABC):
         self.video_processor = video_processor
         self.system_prompt = system_prompt
 
+    def save_pretrained(self, path) -> None:
+        """Save model, tokenizer and video processor in one folder that ``from_pretrained`` reloads."""
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        self.video_processor.save_pretrained(path)
+
     # ---- properties every family provides -------------------------------------------------------
     @property
     def device(self) -> torch.device:

@@ -40,11 +40,6 @@ class LlavaOnevisionAdapter(VLMAdapter):
         tokenizer, video_processor = load_processors(path)
         return cls(model, tokenizer, video_processor, **kwargs)
 
-    def save_pretrained(self, path: str | Path) -> None:
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-        self.video_processor.save_pretrained(path)
-
     @property
     def language_model(self) -> torch.nn.Module:
         return self.model.model.language_model
