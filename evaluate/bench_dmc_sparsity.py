@@ -239,8 +239,8 @@ def machine() -> str:
 
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
-    return (f"CPU {model}, nproc {nproc} (shared with other jobs), python {platform.python_version()}, "
+    nproc = os.cpu_count()  # not `nproc`, which follows OMP_NUM_THREADS
+    return (f"CPU {model}, {nproc} cores (shared with other jobs), python {platform.python_version()}, "
             f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}")
 

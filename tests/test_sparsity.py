@@ -31,7 +31,8 @@ def visual_entries(session: StreamingSession) -> int:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_novelty_gate_skips_repeated_frames_and_keeps_changed_ones(family):
     frames, times = stream_with_stretches()
-    gated = StreamingSession(adapter(family), gate=NoveltyGate(threshold=1e-4), config=StreamConfig(chunk_frames=4))
+    gated = StreamingSession(adapter(family), gate=NoveltyGate(threshold=1e-4, max_skip=None),
+                             config=StreamConfig(chunk_frames=4))
     gated.add_frames(frames, times)
     full = StreamingSession(adapter(family), config=StreamConfig(chunk_frames=4))
     full.add_frames(frames, times)
@@ -48,7 +49,8 @@ def test_novelty_gate_skips_repeated_frames_and_keeps_changed_ones(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_skipped_frames_keep_their_time_and_kept_tokens_their_positions(family):
     frames, times = stream_with_stretches()
-    gated = StreamingSession(adapter(family), gate=NoveltyGate(threshold=1e-4), config=StreamConfig(chunk_frames=4))
+    gated = StreamingSession(adapter(family), gate=NoveltyGate(threshold=1e-4, max_skip=None),
+                             config=StreamConfig(chunk_frames=4))
     full = StreamingSession(adapter(family), config=StreamConfig(chunk_frames=4))
     for start in range(0, 16, 4):  # chunk by chunk: later chunks start where they would without the gate
         gated.add_frames(frames[start : start + 4], times[start : start + 4])

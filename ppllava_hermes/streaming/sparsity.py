@@ -66,15 +66,18 @@ class NoveltyGate:
         space: "features" (the chunk's visual tokens after pooling) or "pixels" (the frames).
         unit: "frame": a group is kept or skipped whole; "token": each grid token on its own.
         reduce: frame unit: a group's distance from its tokens' ("max": any region changed; "mean").
-        max_skip: with the frame unit, keep a group after this many skipped in a row (a refresh for
-            slow drift); None: never forced.
+        max_skip: with the frame unit, keep a group after this many skipped in a row (ours: 5; None:
+            never forced). Kept tokens keep their true positions, so a long skipped stretch leaves a
+            gap between the newest kept frame and a question; a model trained on contiguous chunks
+            reads it as "nothing recent" (ShapesWorld: -3.9 points on real-time questions without
+            the refresh, -0.6 with it; ``docs/results/dmc_sparsity.md``). The refresh bounds the gap.
     """
 
     threshold: float = 0.02
     space: str = "features"
     unit: str = "frame"
     reduce: str = "max"
-    max_skip: int | None = None
+    max_skip: int | None = 5
     _reference: torch.Tensor | None = field(default=None, init=False, repr=False)
     _run: int = field(default=0, init=False, repr=False)
 
