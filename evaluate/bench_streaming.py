@@ -134,6 +134,8 @@ def run_policy(family: str, setup: ModelSetup, name: str, args: argparse.Namespa
             session.add_frames(frames, times)
             ingest_s += time.perf_counter() - t0
             fed += n
+        for q in range(args.warmup):  # untimed: first-call effects (allocator, caches) out of the median
+            session.ask(QUESTIONS[q % len(QUESTIONS)], GenerationConfig(max_new_tokens=1))
         ttfts = []
         for q in range(args.questions):
             answer = session.ask(QUESTIONS[q % len(QUESTIONS)], GenerationConfig(max_new_tokens=1))
@@ -163,7 +165,8 @@ def machine_description(device: str) -> str:
     lines = [f"python {platform.python_version()}, torch {torch.__version__}, "
              f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}"]
     try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+        # --all: plain nproc honours OMP_NUM_THREADS and would report 1.
+        nproc = subprocess.run(["nproc", "--all"], capture_output=True, text=True, check=False).stdout.strip()
         cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
         model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
         lines.append(f"CPU: {model}, nproc {nproc} (shared with other jobs)")
@@ -214,7 +217,7 @@ def write_report(rows: list[dict], out_dir: Path, command: str, args: argparse.N
         f"(HERMES: + {args.anchors} anchors, re-index {args.reindex}; uniform: budget // tokens-per-frame frames "
         "re-encoded per question). TTFT: median of "
         f"{args.questions} questions asked at F frames (prefill of the question + first token; uniform includes "
-        "re-encoding its frames). Ingest: cumulative wall time of `add_frames` up to F (encode + prefill + "
+        f"re-encoding its frames; {args.warmup} untimed warm-up question(s) first). Ingest: cumulative wall time of `add_frames` up to F (encode + prefill + "
         "compress). Peak KV: largest cache right after a chunk's prefill, before compression (uniform: at question "
         "time). `kv_bytes_formula`: layers x 2 x kv_heads x head_dim x bytes x (system + budget [+ anchors] + one "
         "chunk), capped by what was streamed (full: everything streamed).",
@@ -289,7 +292,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reindex", default="lazy", choices=["lazy", "eager"], help="HERMES re-indexing mode")
     p.add_argument("--chunk-frames", type=int, default=8)
     p.add_argument("--fps", type=float, default=1.0)
-    p.add_argument("--questions", type=int, default=5, help="questions per checkpoint (TTFT = median)")
+    p.add_argument("--questions", type=int, default=11, help="questions per checkpoint (TTFT = median)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed questions before the timed ones")
     p.add_argument("--full-max-frames", type=int, default=0,
                    help="skip full-cache checkpoints above this many frames (0: no cap)")
     p.add_argument("--large", action="store_true", help="0.5B-sized language models (for a GPU)")
