@@ -46,7 +46,14 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from .cache import MemoryCache, MemoryLayer, TokenKind
-from .policy import AttentionProbe, CompressResult, MemoryPolicy, check_budget, require_rope
+from .policy import (
+    AttentionProbe,
+    CompressResult,
+    MemoryPolicy,
+    check_budget,
+    check_position_room,
+    require_rope,
+)
 from .positions import REINDEX_MODES, reindex_cache
 from .rope import rerotate
 
@@ -130,13 +137,7 @@ class Hermes(MemoryPolicy):
     def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
         require_rope(rope, self.name)
         check_budget(self.budget, num_system_tokens, self.name)
-        need = num_system_tokens + self.budget + self.anchors + self.headroom
-        if need >= rope.max_position_embeddings:
-            raise ValueError(
-                f"hermes: system ({num_system_tokens}) + budget ({self.budget}) + anchors ({self.anchors}) + "
-                f"headroom ({self.headroom}) = {need} positions do not fit under the model's "
-                f"{rope.max_position_embeddings}: re-indexing could not keep positions bounded"
-            )
+        check_position_room(self.name, rope, num_system_tokens, self.budget, self.headroom, self.anchors)
 
     def tier(self, layer: int, num_layers: int) -> tuple[int, float]:
         """``(tier, p)``: the layer's tier and, in the middle band, its relative depth ``p`` in [0, 1]."""

@@ -99,6 +99,22 @@ def check_budget(budget: int, num_system_tokens: int, policy: str) -> None:
         )
 
 
+def check_position_room(policy: str, rope: RopeSpec, num_system_tokens: int, budget: int, headroom: int,
+                        anchors: int = 0) -> None:
+    """What a policy may hold (system + budget + anchors) plus re-indexing headroom must fit under the model's
+    position limit, or re-indexing could not keep positions bounded in an endless stream."""
+    parts = [("system", num_system_tokens), ("budget", budget)]
+    parts += [("anchors", anchors)] if anchors else []
+    parts += [("headroom", headroom)]
+    need = sum(n for _, n in parts)
+    if need >= rope.max_position_embeddings:
+        terms = " + ".join(f"{name} ({n})" for name, n in parts)
+        raise ValueError(
+            f"{policy}: {terms} = {need} positions do not fit under the model's "
+            f"{rope.max_position_embeddings}: re-indexing could not keep positions bounded"
+        )
+
+
 class FullCache(MemoryPolicy):
     """No eviction: the reference for parity and the upper bound of quality and cost."""
 

@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from .cache import MemoryCache, TokenKind
-from .policy import AttentionProbe, CompressResult, MemoryPolicy, check_budget, require_rope
+from .policy import (
+    AttentionProbe,
+    CompressResult,
+    MemoryPolicy,
+    check_budget,
+    check_position_room,
+    require_rope,
+)
 from .positions import REINDEX_MODES, reindex_cache
 
 if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
@@ -65,11 +72,7 @@ class SnapKV(MemoryPolicy):
     def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
         require_rope(rope, self.name)
         check_budget(self.budget, num_system_tokens, self.name)
-        if num_system_tokens + self.budget + self.headroom >= rope.max_position_embeddings:
-            raise ValueError(
-                f"snapkv: system ({num_system_tokens}) + budget ({self.budget}) + headroom ({self.headroom}) "
-                f"do not fit under the model's {rope.max_position_embeddings} positions"
-            )
+        check_position_room(self.name, rope, num_system_tokens, self.budget, self.headroom)
 
     def wants_compress(self, cache: MemoryCache) -> bool:
         return cache.count(TokenKind.VISUAL) > self.budget

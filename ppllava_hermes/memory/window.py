@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from .cache import MemoryCache, TokenKind
-from .policy import AttentionProbe, CompressResult, MemoryPolicy, check_budget, require_rope
+from .policy import (
+    AttentionProbe,
+    CompressResult,
+    MemoryPolicy,
+    check_budget,
+    check_position_room,
+    require_rope,
+)
 from .positions import REINDEX_MODES, reindex_cache
 
 if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
@@ -59,11 +66,7 @@ class RecentWindow(MemoryPolicy):
         require_rope(rope, self.name)
         if self.budget is not None:
             check_budget(self.budget, num_system_tokens, self.name)
-            if num_system_tokens + self.budget + self.headroom >= rope.max_position_embeddings:
-                raise ValueError(
-                    f"window: system ({num_system_tokens}) + budget ({self.budget}) + headroom ({self.headroom}) "
-                    f"does not fit under the model's {rope.max_position_embeddings} positions"
-                )
+            check_position_room(self.name, rope, num_system_tokens, self.budget, self.headroom)
 
     def _keep_visual(self, layer) -> torch.Tensor:
         """``(N,)`` bool: which visual entries stay (identical in every layer)."""

@@ -145,8 +145,19 @@ class VLMAdapter(ABC):
         return next(self.model.parameters()).dtype
 
     @property
-    @abstractmethod
-    def language_model(self) -> torch.nn.Module: ...
+    def language_model(self) -> torch.nn.Module:
+        """The HF text model inside ``...ForConditionalGeneration`` (both families nest it the same way)."""
+        return self.model.model.language_model
+
+    @classmethod
+    def _load(cls, model_cls, path, *, dtype, device, attn_implementation, **kwargs):
+        """Load ``model_cls`` from ``path`` with the tokenizer and video processor saved beside it."""
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = model_cls.from_pretrained(path, dtype=dtype, **extra).eval()
+        if device:
+            model = model.to(device)
+        tokenizer, video_processor = load_processors(path)
+        return cls(model, tokenizer, video_processor, **kwargs)
 
     @property
     def text_config(self):

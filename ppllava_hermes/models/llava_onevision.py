@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..memory.cache import TokenKind, TokenMeta
-from .base import Segment, VisualTokens, VLMAdapter, load_processors
+from .base import Segment, VisualTokens, VLMAdapter
 
 
 class LlavaOnevisionAdapter(VLMAdapter):
@@ -33,16 +33,8 @@ class LlavaOnevisionAdapter(VLMAdapter):
         """Load a real checkpoint (local folder, or a hub name where the hub is reachable)."""
         from transformers import LlavaOnevisionForConditionalGeneration
 
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=dtype, **extra).eval()
-        if device:
-            model = model.to(device)
-        tokenizer, video_processor = load_processors(path)
-        return cls(model, tokenizer, video_processor, **kwargs)
-
-    @property
-    def language_model(self) -> torch.nn.Module:
-        return self.model.model.language_model
+        return cls._load(LlavaOnevisionForConditionalGeneration, path, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                         **kwargs)
 
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray, timestamps: np.ndarray, first_frame_id: int) -> VisualTokens:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..memory.cache import TokenKind, TokenMeta
-from .base import Segment, VisualTokens, VLMAdapter, load_processors
+from .base import Segment, VisualTokens, VLMAdapter
 
 DEFAULT_FPS = 1.0
 
@@ -57,16 +57,8 @@ class Qwen2_5_VLAdapter(VLMAdapter):
             from transformers import Qwen2VLForConditionalGeneration as model_cls
         else:
             model_cls = Qwen2_5_VLForConditionalGeneration
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        model = model_cls.from_pretrained(path, dtype=dtype, **extra).eval()
-        if device:
-            model = model.to(device)
-        tokenizer, video_processor = load_processors(path)
-        return cls(model, tokenizer, video_processor, **kwargs)
-
-    @property
-    def language_model(self) -> torch.nn.Module:
-        return self.model.model.language_model
+        return cls._load(model_cls, path, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                         **kwargs)
 
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray, timestamps: np.ndarray, first_frame_id: int) -> VisualTokens:
