@@ -474,3 +474,41 @@ def test_project_reader_reads_world_mp4(tmp_path):
     clip = video.read_video(str(path), fps=1.0)
     assert len(clip) == w.n_frames
     assert np.abs(clip.frames[3].astype(int) - w.render(3).astype(int)).mean() < 6
+
+
+# --- dense token labels ---------------------------------------------------------------------------
+
+
+def test_token_labels_match_pixels_and_motion():
+    from ppllava_hermes.world.labels import IGNORE, NONE, token_labels
+    from ppllava_hermes.world.tasks import iter_short_clip_worlds
+
+    checked = 0
+    for w, frames, rec in iter_short_clip_worlds("train", 24):
+        assert np.array_equal(frames, np.stack(list(w.frames(0, 4))))
+        lab = token_labels(w, 4, group=2, cell=28)
+        assert all(v.shape == (2, 4, 4) and v.dtype == np.int64 for v in lab.values())
+        for g in range(2):
+            for i in range(4):
+                for j in range(4):
+                    c, s, d = (int(lab[k][g, i, j]) for k in ("color", "shape", "direction"))
+                    assert (c == NONE) == (s == NONE) == (d == NONE)
+                    if c == NONE:
+                        continue
+                    checked += 1
+                    color, shape = COLORS[c - 1], SHAPES[s - 1]
+                    # the labelled colour fills a good part of the cell in the group's frames
+                    cell = frames[2 * g: 2 * g + 2, 28 * i: 28 * i + 28, 28 * j: 28 * j + 28].reshape(-1, 3)
+                    assert np.mean(np.all(cell == np.array(PALETTE[color]), axis=1)) > 0.05
+                    owner = [st for st in w.states(2 * g) if st.color == color and st.shape == shape]
+                    assert owner, (color, shape)
+                    if d != IGNORE:
+                        nxt = next(st for st in w.states(2 * g + 1) if st.id == owner[0].id)
+                        dx, dy = nxt.x - owner[0].x, nxt.y - owner[0].y
+                        expected = {1: dx < 0, 2: dx > 0, 3: dy < 0, 4: dy > 0}[d]
+                        assert expected and (dx == 0 or dy == 0), (d, dx, dy)
+        n_labelled = int((lab["color"] != NONE).sum())
+        assert n_labelled >= len(w.states(0)), "every object labels at least one token"
+    assert checked > 40
+    with pytest.raises(ValueError, match="multiple of group"):
+        token_labels(w, 3, group=2)

@@ -1,6 +1,6 @@
 """Stage 2 of the ShapesWorld VLM: teach the language model to read streams and pooled tokens.
 
-    python -m train.train_world_stream --init ppllava_hermes/world/checkpoints/vlm --steps 1500
+    python -m train.train_world_stream --init runs/vlm_stage1 --out ppllava_hermes/world/checkpoints/vlm  # ~5 min
 
 Stage 1 (``train.train_world``) learns short clips in one video segment. Here the vision tower is
 frozen and the language model learns from sequences built exactly as the StreamingSession builds
@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -151,14 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--init", default="ppllava_hermes/world/checkpoints/vlm")
     p.add_argument("--out", default="ppllava_hermes/world/checkpoints/vlm")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-n", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--max-minutes", type=float, default=25.0)
+    p.add_argument("--max-minutes", type=float, default=5.0)
     p.add_argument("--final-n", type=int, default=300, help="test questions per kind and pooling mode at the end")
     args = p.parse_args(argv)
 
@@ -222,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     model.save_pretrained(out)
     adapter.tokenizer.save_pretrained(out)
+    stage1 = Path(args.init) / "training_report.json"
+    if stage1.exists() and stage1.resolve() != (out / stage1.name).resolve():
+        shutil.copyfile(stage1, out / stage1.name)  # the shipped folder keeps both stages' reports
     n = args.final_n
     final = {"none": evaluate(adapter, n, split="test"), "avg": evaluate(adapter, n, split="test", pool="avg")}
     if scorer is not None:

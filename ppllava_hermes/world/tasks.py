@@ -905,7 +905,7 @@ def clip_world_config(
     """Config of a short-clip world: ``n_objects`` objects (fewer if they cannot be placed) bouncing for
     ``frames_per_clip`` frames; no appearing, leaving or colour changes, so "count" is always askable.
 
-XX
+    Objects move 8-14 px per frame (at 1 fps), so an object's displacement over a
     4-frame clip that is 30-54 px, one to two merged tokens of a 14-px-patch ViT, so the direction of
     motion is visible between temporal groups rather than hidden inside one token.
     """
@@ -940,6 +940,27 @@ def iter_short_clips(
 ) -> Iterator[tuple[np.ndarray, QARecord]]:
     """Yield ``n`` pairs ``(frames (frames_per_clip, size, size, 3) uint8, record)``; see
     :func:`short_clip_dataset`."""
+    for _, frames, record in iter_short_clip_worlds(
+        split, n, frames_per_clip, seed_base=seed_base, size=size, fps=fps, task_types=task_types,
+        mc_fraction=mc_fraction, **config_overrides,
+    ):
+        yield frames, record
+
+
+def iter_short_clip_worlds(
+    split: str,
+    n: int,
+    frames_per_clip: int = 4,
+    *,
+    seed_base: int = 0,
+    size: int = 112,
+    fps: float = 1.0,
+    task_types: Sequence[str] = SHORT_TYPES,
+    mc_fraction: float = 0.5,
+    **config_overrides: Any,
+) -> Iterator[tuple[World, np.ndarray, QARecord]]:
+    """As :func:`iter_short_clips`, with each clip's :class:`World` first (its object states give
+    dense per-location labels for training)."""
     task_types = tuple(task_types)
     if not task_types or not set(task_types) <= set(SHORT_TYPES):
         raise ValueError(f"task_types {task_types} must be a non-empty subset of {SHORT_TYPES}")
@@ -961,7 +982,7 @@ def iter_short_clips(
         if spec is None:  # only when "count" is excluded and nothing else is askable
             continue
         record = _to_record(w, spec, rng, tc, f"shapesworld-clip-{seed:010d}", f"{split}/clip_{seed:010d}")
-        yield np.stack(list(w.frames(0, frames_per_clip))), record
+        yield w, np.stack(list(w.frames(0, frames_per_clip))), record
 
 
 def short_clip_dataset(
