@@ -484,7 +484,7 @@ def test_token_labels_match_pixels_and_motion():
     from ppllava_hermes.world.tasks import iter_short_clip_worlds
 
     checked = 0
-    for w, frames, rec in iter_short_clip_worlds("train", 24):
+    for w, frames, _rec in iter_short_clip_worlds("train", 24):
         assert np.array_equal(frames, np.stack(list(w.frames(0, 4))))
         lab = token_labels(w, 4, group=2, cell=28)
         assert all(v.shape == (2, 4, 4) and v.dtype == np.int64 for v in lab.values())
