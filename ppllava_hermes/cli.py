@@ -53,6 +53,10 @@ def build_adapter(model: str, *, device: str | None = None, dtype: str = "auto")
     return load_adapter(model, device=device, dtype=dtype)
 
 
+#: every policy of ``ppllava_hermes.memory.POLICIES`` (kept literal so ``--help`` needs no torch import)
+MEMORY_POLICIES = ["full", "window", "sink", "hermes", "uniform", "snapkv", "merge"]
+
+
 def build_policy(name: str, budget: int | None):
     from .memory import make_policy
 
@@ -83,12 +87,17 @@ def run_stream(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     adapter = build_adapter(args.model, device=args.device)
-    session = StreamingSession(
-        adapter,
-        memory=build_policy(args.memory, args.budget),
-        pooling=build_pooling(args, adapter),
-        config=StreamConfig(chunk_frames=args.chunk_frames, max_new_tokens=args.max_new_tokens),
-    )
+    try:  # a configuration the model cannot run (budget below the system prompt, no RoPE, ...)
+        session = StreamingSession(
+            adapter,
+            memory=build_policy(args.memory, args.budget),
+            pooling=build_pooling(args, adapter),
+            config=StreamConfig(chunk_frames=args.chunk_frames, max_new_tokens=args.max_new_tokens),
+        )
+        session.start()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                            temperature=args.temperature if args.temperature > 0 else 1.0, seed=args.seed)
     questions = args.ask or []
@@ -156,8 +165,8 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
                         f"'shapesworld' for the shipped tiny model, or one of {', '.join(TINY_MODELS)} "
                         f"(random weights, for trying the pipeline). Default: {default_model}")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: CPU)")
-    p.add_argument("--memory", default="hermes", choices=["full", "window", "sink", "hermes", "uniform"],
-                   help="KV memory policy (default: hermes)")
+    p.add_argument("--memory", default="hermes", choices=MEMORY_POLICIES,
+                   help="KV memory policy (default: hermes); merge = DMC-style merging then HERMES at --budget")
     p.add_argument("--budget", type=int, default=None,
                    help="visual tokens kept per layer by the memory policy (default: the policy's own)")
     p.add_argument("--pool", default="none", choices=["none", "avg", "prompt"],
@@ -196,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--seed", type=int, default=7, help="world seed (default 7)")
     d.add_argument("--questions", type=int, default=12, help="how many timed questions (default 12)")
     d.add_argument("--model", default=None, help="default: the shipped ShapesWorld model, else a tiny random one")
-    d.add_argument("--memory", default="hermes", choices=["full", "window", "sink", "hermes", "uniform"])
+    d.add_argument("--memory", default="hermes", choices=MEMORY_POLICIES)
     d.add_argument("--budget", type=int, default=None)
     d.add_argument("--pool", default="prompt", choices=["none", "avg", "prompt"])
     d.add_argument("--quiet", action="store_true")

@@ -51,6 +51,35 @@ def test_stream_end_to_end_on_a_generated_video(tmp_path, capsys):
     assert "TTFT" in capsys.readouterr().out
 
 
+def test_cli_offers_every_memory_policy():
+    from ppllava_hermes.cli import MEMORY_POLICIES
+    from ppllava_hermes.memory import POLICIES
+
+    assert sorted(MEMORY_POLICIES) == sorted(POLICIES)
+
+
+@pytest.mark.parametrize("memory", ["snapkv", "merge"])
+def test_stream_with_snapkv_and_merge(tmp_path, memory):
+    frames, _ = random_frames(12, size=56, seed=3)
+    path = write_video(tmp_path / "v.mp4", frames, fps=2.0)
+    out_json = tmp_path / "answers.json"
+    code = main(["stream", str(path), "--model", "tiny-qwen2.5-vl", "--memory", memory, "--budget", "64",
+                 "--fps", "2", "--ask", "100:what happened?", "--max-new-tokens", "2", "--chunk-frames", "4",
+                 "--quiet", "--json", str(out_json)])
+    assert code == 0
+    data = json.loads(out_json.read_text())
+    assert data["stats"]["frames"] == 12 and len(data["questions"]) == 1
+
+
+def test_budget_below_the_system_prompt_is_a_clear_error(tmp_path, capsys):
+    frames, _ = random_frames(4, size=56, seed=3)
+    path = write_video(tmp_path / "v.mp4", frames, fps=2.0)
+    assert main(["stream", str(path), "--model", "tiny-qwen2.5-vl", "--memory", "snapkv", "--budget", "8",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "budget 8 is smaller than the system prompt" in err and "Traceback" not in err
+
+
 def test_timed_questions_see_no_future_frame():
     adapter = tiny_adapter("llava_onevision")
     session = StreamingSession(adapter, config=StreamConfig(chunk_frames=3))

@@ -90,3 +90,21 @@ def test_load_adapter_errors_name_the_path(tmp_path):
 
     with pytest.raises(ValueError, match="cannot read its config"):
         load_adapter(tmp_path / "missing")
+
+
+def test_full_cache_past_the_position_limit_warns_once():
+    import dataclasses
+    import warnings
+
+    adapter = tiny_adapter("qwen2_5_vl")
+    session = StreamingSession(adapter, config=StreamConfig(chunk_frames=2))
+    frames, times = random_frames(8, size=56, seed=4)
+    session.add_frames(frames[:2], times[:2])
+    limit = session.next_position + 3  # the next chunk crosses it
+    session.rope = dataclasses.replace(session.rope, max_position_embeddings=limit)
+    with pytest.warns(RuntimeWarning, match=rf"past the model's max_position_embeddings \({limit}\).*'full'"):
+        session.add_frames(frames[2:4], times[2:4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        session.add_frames(frames[4:], times[4:])  # once per stream
+    assert session.next_position > limit

@@ -9,6 +9,7 @@ question the memory returns exactly to its state before it, so the stream goes o
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -138,6 +139,7 @@ class StreamingSession:
         """Forget the stream: empty memory, frame log and statistics."""
         self.cache = MemoryCache(self.adapter.num_layers, self.adapter.pos_dims)
         self.next_position = 0
+        self._positions_warned = False
         self.frame_log: list[tuple[int, float]] = []  # (frame id, timestamp) of every ingested frame
         self.stats = IngestStats()
         self.logits_log: list[torch.Tensor] = []
@@ -149,6 +151,15 @@ class StreamingSession:
         self._tokens_per_frame: int | None = None
         if self.gate is not None:
             self.gate.reset()
+
+    def start(self) -> None:
+        """Prefill the system prompt now rather than with the first frames (idempotent).
+
+        Raises ``ValueError`` when the memory policy cannot run beside this system prompt (for example a
+        budget smaller than it), so a caller can check a configuration before streaming anything.
+        """
+        if not self._started:
+            self._start()
 
     def _start(self) -> None:
         ids = self.adapter.tokenize(self.adapter.prefix_text())
@@ -260,6 +271,7 @@ class StreamingSession:
         self.stats.visual_tokens += tokens
         self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.cache.kv_bytes())
         self._compress()
+        self._check_positions()
 
     def _compress(self) -> None:
         if not self.memory.wants_compress(self.cache):
@@ -272,6 +284,19 @@ class StreamingSession:
             self.next_position = result.next_position
         self.stats.compress_s += result.seconds
         self.stats.compress_log.append(result)
+
+    def _check_positions(self) -> None:
+        """Warn once when a stream's positions pass the model's limit (policies that never re-index)."""
+        limit = getattr(self.rope, "max_position_embeddings", None)
+        if limit and self.next_position > limit and not self._positions_warned:
+            self._positions_warned = True
+            warnings.warn(
+                f"stream positions reached {self.next_position}, past the model's max_position_embeddings "
+                f"({limit}): memory policy {self.memory.name!r} does not re-index, so answers now use positions "
+                "the model was never trained on; use hermes, window, sink or snapkv to keep positions bounded",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     @torch.no_grad()
     def probe_attention(self, prompts: dict[str, str]) -> AttentionProbe:
