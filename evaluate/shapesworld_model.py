@@ -72,6 +72,21 @@ def main(argv: list[str] | None = None) -> None:
              "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in row.items() if k not in ("details", "per_task_accuracy")]
     lines += [f"| accuracy: {k} | {v} |" for k, v in row["per_task_accuracy"].items()]
+    lines += [
+        "",
+        f"Short-clip accuracy: {args.clips} held-out test clips (multiple choice and open answers alternate; "
+        "`short_mc_accuracy` counts the multiple-choice ones), greedy answers through the StreamingSession "
+        "with full context. Demo: `ppllava-hermes demo` defaults (3-minute video, seed 7, HERMES memory, "
+        "prompt-guided pooling); `demo_seconds` is its streaming time, model loading excluded.",
+        "",
+        "Training (2 CPU cores, nothing else running; minutes as measured by each script):",
+        "",
+        f"    python -m train.train_clip --out ppllava_hermes/world/checkpoints/clip   # {clip_minutes} min",
+        f"    python -m train.train_world --out runs/vlm_stage1   # {vlm_report['train_minutes']} min "
+        "(stage 0: vision tower on dense token labels; stage 1: answers + token loss)",
+        "    python -m train.train_world_stream --init runs/vlm_stage1 --out ppllava_hermes/world/checkpoints/vlm"
+        f"   # {stream_report['train_minutes']} min (streams and pooled input)",
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(json.dumps(row, indent=2))
 
