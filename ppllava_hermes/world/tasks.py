@@ -927,23 +927,11 @@ def clip_world_config(
 
 
 def iter_short_clips(
-    split: str,
-    n: int,
-    frames_per_clip: int = 4,
-    *,
-    seed_base: int = 0,
-    size: int = 112,
-    fps: float = 1.0,
-    task_types: Sequence[str] = SHORT_TYPES,
-    mc_fraction: float = 0.5,
-    **config_overrides: Any,
+    split: str, n: int, frames_per_clip: int = 4, **kwargs: Any
 ) -> Iterator[tuple[np.ndarray, QARecord]]:
-    """Yield ``n`` pairs ``(frames (frames_per_clip, size, size, 3) uint8, record)``; see
-    :func:`short_clip_dataset`."""
-    for _, frames, record in iter_short_clip_worlds(
-        split, n, frames_per_clip, seed_base=seed_base, size=size, fps=fps, task_types=task_types,
-        mc_fraction=mc_fraction, **config_overrides,
-    ):
+    """Yield ``n`` pairs ``(frames (frames_per_clip, size, size, 3) uint8, record)``; keyword arguments as
+    :func:`iter_short_clip_worlds`; see :func:`short_clip_dataset`."""
+    for _, frames, record in iter_short_clip_worlds(split, n, frames_per_clip, **kwargs):
         yield frames, record
 
 
