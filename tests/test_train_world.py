@@ -71,3 +71,34 @@ def test_train_world_smoke(tmp_path):
     assert adapter.model.config.vision_config.hidden_size == 32
     assert not any("heads" in k for k in adapter.model.state_dict()), "probe heads are not saved"
     assert np.isfinite(report["train_minutes"])
+
+
+def test_warmup_cosine_schedule():
+    from train import warmup_cosine
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, warmup=4, steps=10)
+    lrs = []
+    for _ in range(11):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.25 * 1.0)  # (s + 1) / warmup at s = 0, cosine 1
+    assert lrs[3] == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.3)))  # warm-up done at s = 3
+    assert lrs[10] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+
+
+def test_train_world_stream_smoke(tmp_path):
+    stream = pytest.importorskip("train.train_world_stream")
+    from ppllava_hermes.world.model import VLM_DIR
+
+    out = tmp_path / "vlm"
+    stream.main(["--init", str(VLM_DIR), "--out", str(out), "--steps", "2", "--batch-size", "2", "--final-n", "2",
+                 "--eval-n", "2", "--threads", "1"])
+    report = json.loads((out / "stream_training_report.json").read_text())
+    assert report["steps"] == 2 and set(report["test"]) >= {"none", "avg"}
+    assert (out / "training_report.json").read_text() == (VLM_DIR / "training_report.json").read_text()
+    from ppllava_hermes.world.model import load_shapesworld_adapter
+
+    load_shapesworld_adapter(out)

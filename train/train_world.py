@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from collections import defaultdict
@@ -37,6 +36,7 @@ from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSe
 from ppllava_hermes.world.labels import IGNORE, LABEL_SIZES, token_labels
 from ppllava_hermes.world.model import SYSTEM_PROMPT, answer_text, build_model, build_tokenizer, prompt_for
 from ppllava_hermes.world.tasks import iter_short_clip_worlds, iter_short_clips
+from train import warmup_cosine
 
 
 def vocabulary_corpus(n: int = 4000) -> list[str]:
@@ -169,8 +169,7 @@ def pretrain_vision(model, video_processor, probe: TokenProbe, data, steps: int,
     """Stage 0: the vision tower alone learns the dense token labels (no language model: ~2x cheaper steps)."""
     params = list(model.model.visual.parameters()) + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    sched = warmup_cosine(opt, 50, steps)
     log, t0 = [], time.time()
     model.train()
     for step in range(1, steps + 1):
@@ -284,9 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     params = (list(model.parameters()) + (list(teacher.head.parameters()) if teacher else [])
               + (list(probe.parameters()) if probe else []))
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
-    )
+    sched = warmup_cosine(opt, args.warmup, args.steps)
     log = []
     step = 0
     for step in range(1, args.steps + 1):

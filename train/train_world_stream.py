@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import shutil
 import time
@@ -33,6 +32,7 @@ from ppllava_hermes.streaming.pooling_stage import PoolingStage, pool_visual
 from ppllava_hermes.world.generator import WorldConfig, generate_world
 from ppllava_hermes.world.model import answer_text, load_shapesworld_adapter, prompt_for
 from ppllava_hermes.world.tasks import TaskConfig, generate_questions, iter_short_clips, video_seed
+from train import warmup_cosine
 
 REALTIME = ("color_now", "shape_now", "count_now")
 CHUNK = 4  # frames per chunk, as the demo streams
@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         prm.requires_grad_(False)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    sched = warmup_cosine(opt, 50, args.steps)
     builder = SequenceBuilder(adapter, scorer)
     shorts = iter_short_clips("train", args.steps * args.batch_size, seed_base=5 * 10**7)
     streams = realtime_examples("train", 10**4)
