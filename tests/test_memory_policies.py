@@ -237,3 +237,17 @@ def test_full_cache_is_the_default_and_never_compresses():
     assert session.stats.compress_log == []
     assert FullCache().compress(session.cache, session.rope, None, 0) == CompressResult()
     assert np.isclose(session.stats.frames, 8)
+
+
+@pytest.mark.parametrize("name", ["window", "sink", "snapkv", "hermes", "merge"])
+def test_reindexing_policies_validate_their_options(name):
+    from ppllava_hermes.memory.policy import ReindexingPolicy
+
+    with pytest.raises(ValueError, match=rf"^{name}: reindex must be one of \('eager', 'lazy'\), got 'soon'$"):
+        make_policy(name, reindex="soon")
+    with pytest.raises(ValueError, match=rf"^{name}: headroom must be >= 0, got -1$"):
+        make_policy(name, headroom=-1)
+    policy = make_policy(name)
+    assert isinstance(policy, ReindexingPolicy) or isinstance(policy.merge, ReindexingPolicy)
+    with pytest.raises(ValueError, match=f"memory policy {name!r} re-rotates cached keys"):
+        policy.check_model(None, 2)

@@ -49,12 +49,8 @@ from .cache import MemoryCache, MemoryLayer, TokenKind
 from .policy import (
     AttentionProbe,
     CompressResult,
-    MemoryPolicy,
-    check_budget,
-    check_position_room,
-    require_rope,
+    ReindexingPolicy,
 )
-from .positions import REINDEX_MODES, reindex_cache
 from .rope import rerotate
 
 if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
@@ -67,7 +63,7 @@ GLOBAL_PROMPT = "Summarize everything that has happened in the video so far."
 
 
 @dataclass
-class Hermes(MemoryPolicy):
+class Hermes(ReindexingPolicy):
     """The hierarchical KV memory (see the module docstring for the algorithm).
 
     Attributes:
@@ -117,10 +113,7 @@ class Hermes(MemoryPolicy):
                 raise ValueError(f"hermes: recency (a, k) needs a in [0, 1] and k >= 0, got {(a, k)}")
         if len(self.smoothing) != 3 or any(not 0.0 <= g <= 1.0 for g in self.smoothing):
             raise ValueError(f"hermes: smoothing gains must be three values in [0, 1], got {self.smoothing}")
-        if self.reindex not in REINDEX_MODES:
-            raise ValueError(f"hermes: reindex must be one of {REINDEX_MODES}, got {self.reindex!r}")
-        if self.headroom < 0:
-            raise ValueError(f"hermes: headroom must be >= 0, got {self.headroom}")
+        self.check_reindex_options()
         if not self.local_prompt.strip() or not self.global_prompt.strip():
             raise ValueError("hermes: probe prompts must not be empty")
 
@@ -130,14 +123,12 @@ class Hermes(MemoryPolicy):
 
     # ---- configuration checks --------------------------------------------------------------------
     def check_model(self, rope: RopeSpec | None, num_layers: int) -> None:
-        require_rope(rope, self.name)
+        super().check_model(rope, num_layers)
         if num_layers < 1:
             raise ValueError(f"hermes: the model has {num_layers} layers")
 
     def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
-        require_rope(rope, self.name)
-        check_budget(self.budget, num_system_tokens, self.name)
-        check_position_room(self.name, rope, num_system_tokens, self.budget, self.headroom, self.anchors)
+        self.check_room(rope, num_system_tokens, self.budget, self.anchors)
 
     def tier(self, layer: int, num_layers: int) -> tuple[int, float]:
         """``(tier, p)``: the layer's tier and, in the middle band, its relative depth ``p`` in [0, 1]."""
@@ -211,7 +202,7 @@ class Hermes(MemoryPolicy):
         lengths = {len(layer) for layer in cache.layers}
         if len(lengths) != 1:  # a bug, not a configuration problem: fail loudly
             raise RuntimeError(f"hermes: layers ended with different lengths {sorted(lengths)}")
-        new_next = reindex_cache(cache, rope, next_position, mode=self.reindex, headroom=self.headroom)
+        new_next = self.reindex_positions(cache, rope, next_position)
         return CompressResult(evicted=evicted, merged=merged, next_position=new_next,
                               seconds=time.perf_counter() - t0)
 

@@ -51,8 +51,8 @@ import torch.nn.functional as F
 
 from .cache import MemoryCache, MemoryLayer, TokenKind
 from .hermes import Hermes
-from .policy import AttentionProbe, CompressResult, MemoryPolicy, require_rope
-from .positions import REINDEX_MODES, reindex_cache
+from .policy import AttentionProbe, CompressResult, MemoryPolicy, ReindexingPolicy, require_rope
+from .positions import reindex_cache
 from .rope import rerotate
 
 if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
@@ -174,7 +174,7 @@ def merge_pair(layer: MemoryLayer, survivors: torch.Tensor, removed: torch.Tenso
 
 
 @dataclass(eq=False)  # holds per-stream state (tensors): compare configurations field by field
-class TokenMerge(MemoryPolicy):
+class TokenMerge(ReindexingPolicy):
     """Append-or-merge of visual entries (see the module docstring). No budget of its own.
 
     Attributes:
@@ -216,15 +216,9 @@ class TokenMerge(MemoryPolicy):
             raise ValueError(f"merge: decide must be one of {DECIDES}, got {self.decide!r}")
         if self.max_count is not None and self.max_count < 2:
             raise ValueError(f"merge: max_count must be >= 2 (or None), got {self.max_count}")
-        if self.reindex not in REINDEX_MODES:
-            raise ValueError(f"merge: reindex must be one of {REINDEX_MODES}, got {self.reindex!r}")
-        if self.headroom < 0:
-            raise ValueError(f"merge: headroom must be >= 0, got {self.headroom}")
+        self.check_reindex_options()
 
     # ---- policy interface ------------------------------------------------------------------------
-    def check_model(self, rope: RopeSpec | None, num_layers: int) -> None:
-        require_rope(rope, self.name)
-
     def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
         require_rope(rope, self.name)
         self._codes = torch.zeros(0, dtype=torch.long)  # a new stream: forget the old one's places
@@ -240,7 +234,7 @@ class TokenMerge(MemoryPolicy):
         step = self.merge(cache, rope)
         new_next = None
         if step.merged:  # no merge, no gap: positions stay as they are
-            new_next = reindex_cache(cache, rope, next_position, mode=self.reindex, headroom=self.headroom)
+            new_next = self.reindex_positions(cache, rope, next_position)
         self.mark_seen(cache)
         return CompressResult(merged=step.merged, next_position=new_next, seconds=time.perf_counter() - t0)
 

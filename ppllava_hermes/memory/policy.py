@@ -7,12 +7,14 @@ values, positions and token metadata only: nothing of video, pooling or a model 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
 from .cache import MemoryCache
+from .positions import REINDEX_MODES, reindex_cache
 
 if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
     from ..models.base import RopeSpec
@@ -119,3 +121,49 @@ class FullCache(MemoryPolicy):
     """No eviction: the reference for parity and the upper bound of quality and cost."""
 
     name = "full"
+
+
+class ReindexingPolicy(MemoryPolicy):
+    """Base of the policies that drop or merge cached entries and re-index positions afterwards.
+
+    Subclasses are dataclasses with ``reindex`` ("eager" or "lazy") and ``headroom`` (positions kept
+    free under the model maximum) fields; this class holds what they share: the validation of those
+    two options, the RoPE requirement (keys are re-rotated), the budget checks at setup, and the
+    re-indexing step that ends a compression.
+    """
+
+    reindex: str
+    headroom: int
+
+    def check_reindex_options(self) -> None:
+        """For ``__post_init__``: ``ValueError`` on an unknown re-index mode or a negative headroom."""
+        if self.reindex not in REINDEX_MODES:
+            raise ValueError(f"{self.name}: reindex must be one of {REINDEX_MODES}, got {self.reindex!r}")
+        if self.headroom < 0:
+            raise ValueError(f"{self.name}: headroom must be >= 0, got {self.headroom}")
+
+    def check_model(self, rope: RopeSpec | None, num_layers: int) -> None:
+        require_rope(rope, self.name)
+
+    def check_room(self, rope: RopeSpec, num_system_tokens: int, budget: int, anchors: int = 0) -> None:
+        """At setup: RoPE present, the budget at least the system prompt, and everything kept plus the
+        headroom under the model's position limit."""
+        require_rope(rope, self.name)
+        check_budget(budget, num_system_tokens, self.name)
+        check_position_room(self.name, rope, num_system_tokens, budget, self.headroom, anchors)
+
+    def reindex_positions(self, cache: MemoryCache, rope: RopeSpec, next_position: int) -> int:
+        """Re-index the cache's positions with this policy's mode and headroom; returns the next position."""
+        return reindex_cache(cache, rope, next_position, mode=self.reindex, headroom=self.headroom)
+
+    def select_everywhere(self, cache: MemoryCache, keep: torch.Tensor, rope: RopeSpec, next_position: int,
+                          t0: float) -> CompressResult:
+        """Keep the entries ``keep`` ``(N,)`` bool marks in every layer (policies whose layers hold the same
+        entries), re-index, and report; ``t0`` is when the compression began (``time.perf_counter``)."""
+        index = keep.nonzero().squeeze(1)
+        evicted = len(cache.layers[0]) - index.numel()
+        for layer in cache.layers:
+            layer.select(index)
+        new_next = self.reindex_positions(cache, rope, next_position)
+        return CompressResult(evicted=evicted, next_position=new_next, seconds=time.perf_counter() - t0)
+

@@ -17,19 +17,15 @@ from .cache import MemoryCache, TokenKind
 from .policy import (
     AttentionProbe,
     CompressResult,
-    MemoryPolicy,
-    check_budget,
-    check_position_room,
-    require_rope,
+    ReindexingPolicy,
 )
-from .positions import REINDEX_MODES, reindex_cache
 
 if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
     from ..models.base import RopeSpec
 
 
 @dataclass
-class StreamingLLM(MemoryPolicy):
+class StreamingLLM(ReindexingPolicy):
     """Keep the system prompt, the first ``sink_tokens`` visual entries and the newest ones.
 
     Attributes:
@@ -53,18 +49,10 @@ class StreamingLLM(MemoryPolicy):
             raise ValueError(
                 f"sink: budget ({self.budget}) must exceed sink_tokens ({self.sink_tokens}) to leave a recent window"
             )
-        if self.reindex not in REINDEX_MODES:
-            raise ValueError(f"sink: reindex must be one of {REINDEX_MODES}, got {self.reindex!r}")
-        if self.headroom < 0:
-            raise ValueError(f"sink: headroom must be >= 0, got {self.headroom}")
-
-    def check_model(self, rope: RopeSpec | None, num_layers: int) -> None:
-        require_rope(rope, self.name)
+        self.check_reindex_options()
 
     def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
-        require_rope(rope, self.name)
-        check_budget(self.budget, num_system_tokens, self.name)
-        check_position_room(self.name, rope, num_system_tokens, self.budget, self.headroom)
+        self.check_room(rope, num_system_tokens, self.budget)
 
     def wants_compress(self, cache: MemoryCache) -> bool:
         return cache.count(TokenKind.VISUAL) > self.budget
@@ -79,9 +67,4 @@ class StreamingLLM(MemoryPolicy):
         keep = ~visual
         keep[vis_idx[: self.sink_tokens]] = True
         keep[vis_idx[-recent:]] = True
-        index = keep.nonzero().squeeze(1)
-        evicted = len(layer0) - index.numel()
-        for layer in cache.layers:  # the same entries in every layer
-            layer.select(index)
-        new_next = reindex_cache(cache, rope, next_position, mode=self.reindex, headroom=self.headroom)
-        return CompressResult(evicted=evicted, next_position=new_next, seconds=time.perf_counter() - t0)
+        return self.select_everywhere(cache, keep, rope, next_position, t0)  # the same entries in every layer

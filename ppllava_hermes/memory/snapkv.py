@@ -21,19 +21,15 @@ from .cache import MemoryCache, TokenKind
 from .policy import (
     AttentionProbe,
     CompressResult,
-    MemoryPolicy,
-    check_budget,
-    check_position_room,
-    require_rope,
+    ReindexingPolicy,
 )
-from .positions import REINDEX_MODES, reindex_cache
 
 if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
     from ..models.base import RopeSpec
 
 
 @dataclass
-class SnapKV(MemoryPolicy):
+class SnapKV(ReindexingPolicy):
     """Per layer, keep the ``budget`` visual entries with the highest pooled probe attention.
 
     Attributes:
@@ -59,20 +55,14 @@ class SnapKV(MemoryPolicy):
             raise ValueError(f"snapkv: kernel must be a positive odd width, got {self.kernel}")
         if not self.prompt.strip():
             raise ValueError("snapkv: the observation prompt must not be empty")
-        if self.reindex not in REINDEX_MODES:
-            raise ValueError(f"snapkv: reindex must be one of {REINDEX_MODES}, got {self.reindex!r}")
+        self.check_reindex_options()
 
     @property
     def probe_prompts(self) -> dict[str, str]:  # type: ignore[override]
         return {"window": self.prompt}
 
-    def check_model(self, rope: RopeSpec | None, num_layers: int) -> None:
-        require_rope(rope, self.name)
-
     def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
-        require_rope(rope, self.name)
-        check_budget(self.budget, num_system_tokens, self.name)
-        check_position_room(self.name, rope, num_system_tokens, self.budget, self.headroom)
+        self.check_room(rope, num_system_tokens, self.budget)
 
     def wants_compress(self, cache: MemoryCache) -> bool:
         return cache.count(TokenKind.VISUAL) > self.budget
@@ -96,5 +86,5 @@ class SnapKV(MemoryPolicy):
             before = len(layer)
             layer.select(torch.sort(torch.cat([others, kept])).values)
             evicted = max(evicted, before - len(layer))
-        new_next = reindex_cache(cache, rope, next_position, mode=self.reindex, headroom=self.headroom)
+        new_next = self.reindex_positions(cache, rope, next_position)
         return CompressResult(evicted=evicted, next_position=new_next, seconds=time.perf_counter() - t0)

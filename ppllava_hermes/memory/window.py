@@ -17,19 +17,16 @@ from .cache import MemoryCache, TokenKind
 from .policy import (
     AttentionProbe,
     CompressResult,
-    MemoryPolicy,
-    check_budget,
-    check_position_room,
+    ReindexingPolicy,
     require_rope,
 )
-from .positions import REINDEX_MODES, reindex_cache
 
 if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
     from ..models.base import RopeSpec
 
 
 @dataclass
-class RecentWindow(MemoryPolicy):
+class RecentWindow(ReindexingPolicy):
     """Keep the system prompt and the newest whole frames; positions re-indexed inside the cache.
 
     Attributes:
@@ -54,19 +51,13 @@ class RecentWindow(MemoryPolicy):
             raise ValueError(f"window: budget must be >= 1 visual token, got {self.budget}")
         if self.frames < 1:
             raise ValueError(f"window: frames must be >= 1, got {self.frames}")
-        if self.reindex not in REINDEX_MODES:
-            raise ValueError(f"window: reindex must be one of {REINDEX_MODES}, got {self.reindex!r}")
-        if self.headroom < 0:
-            raise ValueError(f"window: headroom must be >= 0, got {self.headroom}")
-
-    def check_model(self, rope: RopeSpec | None, num_layers: int) -> None:
-        require_rope(rope, self.name)
+        self.check_reindex_options()
 
     def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
-        require_rope(rope, self.name)
-        if self.budget is not None:
-            check_budget(self.budget, num_system_tokens, self.name)
-            check_position_room(self.name, rope, num_system_tokens, self.budget, self.headroom)
+        if self.budget is None:
+            require_rope(rope, self.name)
+        else:
+            self.check_room(rope, num_system_tokens, self.budget)
 
     def _keep_visual(self, layer) -> torch.Tensor:
         """``(N,)`` bool: which visual entries stay (identical in every layer)."""
@@ -99,9 +90,5 @@ class RecentWindow(MemoryPolicy):
         t0 = time.perf_counter()
         layer0 = cache.layers[0]
         keep = (layer0.kinds != int(TokenKind.VISUAL)) | self._keep_visual(layer0)
-        index = keep.nonzero().squeeze(1)
-        evicted = len(layer0) - index.numel()
-        for layer in cache.layers:  # every layer holds the same entries under this policy
-            layer.select(index)
-        new_next = reindex_cache(cache, rope, next_position, mode=self.reindex, headroom=self.headroom)
-        return CompressResult(evicted=evicted, next_position=new_next, seconds=time.perf_counter() - t0)
+        # every layer holds the same entries under this policy
+        return self.select_everywhere(cache, keep, rope, next_position, t0)
