@@ -149,13 +149,14 @@ def build_pooling(args: argparse.Namespace, adapter):
                               standing_query=args.standing_query, clip=args.clip)
 
 
-def _kernel(text: str) -> tuple[int, int, int]:
+def kernel_arg(text: str) -> tuple[int, int, int]:
+    """argparse type of ``--pool-kernel`` (stream and eval): ``"2,3,3"`` -> ``(2, 3, 3)``."""
     try:
         parts = tuple(int(x) for x in text.split(","))
     except ValueError:
         parts = ()
-    if len(parts) != 3 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"--pool-kernel {text!r}: expected three positive integers T,H,W such as 2,3,3")
+    if len(parts) != 3 or min(parts) < 1:  # argparse prefixes the message with the flag's name
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three positive integers T,H,W such as 2,3,3")
     return parts  # type: ignore[return-value]
 
 
@@ -172,7 +173,7 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
     p.add_argument("--pool", default="none", choices=["none", "avg", "prompt"],
                    help="token pooling before the LLM: none; avg (plain 3-D average pooling, no query); "
                         "prompt (PPLLaVA prompt-guided pooling against --standing-query)")
-    p.add_argument("--pool-kernel", type=_kernel, default=(2, 3, 3),
+    p.add_argument("--pool-kernel", type=kernel_arg, default=(2, 3, 3),
                    help="pooling kernel T,H,W over the model's token grid (default 2,3,3, the reference)")
     p.add_argument("--standing-query", default=None,
                    help="query given at session start: each incoming chunk is pooled against it (--pool prompt)")

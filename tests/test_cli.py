@@ -99,3 +99,13 @@ def test_timed_questions_see_no_future_frame():
     assert [q.time for q, _ in done] == [0.0, 2.5, 5.0]
     assert seen == [0.0, 2.0, 5.0]
     assert session.stats.frames == 10
+
+
+@pytest.mark.parametrize("command", [["stream", "v.mp4"], ["eval"]])
+@pytest.mark.parametrize("bad", ["2,3", "2,0,3", "a,b,c"])
+def test_pool_kernel_is_checked_by_both_subcommands(command, bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--pool-kernel", bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --pool-kernel: {bad!r}: expected three positive integers T,H,W such as 2,3,3" in err

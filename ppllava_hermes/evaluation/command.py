@@ -11,6 +11,8 @@ import argparse
 import shlex
 import sys
 
+from ..cli import kernel_arg
+
 CONFIG_NAMES = "full, uniform (or uniform-N for N frames), window, sink, hermes, pooling, hermes+pooling"
 
 
@@ -27,16 +29,6 @@ def _csv(kind):
 
 def _budget(text: str) -> int | None:
     return None if text.lower() in ("none", "default") else int(text)
-
-
-def _kernel(text: str) -> tuple[int, int, int]:
-    try:
-        parts = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected three positive integers T,H,W such as 2,3,3")
-    return parts  # type: ignore[return-value]
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,7 +73,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                        help="pooling of the pooling configurations: avg (3-D average) or prompt (PPLLaVA prompt-"
                             "guided; offline re-pools per question, streaming uses --standing-query or a generic "
                             "prompt). Default avg")
-    model.add_argument("--pool-kernel", type=_kernel, default=(2, 3, 3),
+    model.add_argument("--pool-kernel", type=kernel_arg, default=(2, 3, 3),
                        help="pooling kernel T,H,W over the model's token grid (default 2,3,3, the reference)")
     model.add_argument("--clip", default=None,
                        help="CLIP-family relevance model folder for --pool-mode prompt (default: the shipped "
