@@ -176,10 +176,7 @@ def pretrain_vision(model, video_processor, probe: TokenProbe, data, steps: int,
         batch = [next(data) for _ in range(batch_size)]
         inputs = video_processor(videos=[f for _, f, _ in batch], return_tensors="pt")
         _, tokens = vision_tokens(model, inputs, merge)
-        n_frames = batch[0][1].shape[0]
-        labels = batch_token_labels([w for w, _, _ in batch], n_frames, n_frames // tokens.shape[1],
-                                    batch[0][1].shape[1] // tokens.shape[2])
-        loss, acc = probe.loss(tokens, labels)
+        loss, acc = probe.loss(tokens, batch_token_labels([w for w, _, _ in batch], batch[0][1], tokens))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -191,8 +188,14 @@ def pretrain_vision(model, video_processor, probe: TokenProbe, data, steps: int,
     return log
 
 
-def batch_token_labels(worlds: list, n_frames: int, group: int, cell: int) -> dict[str, torch.Tensor]:
-    """Stack :func:`token_labels` of a batch: ``{k: (B, t, h, w)}``."""
+def batch_token_labels(worlds: list, frames: np.ndarray, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Stack :func:`token_labels` of a batch: ``{k: (B, t, h, w)}``, the grid of ``tokens`` (B, t, h, w, D).
+
+    ``frames`` ``(F, H, W, 3)`` is one clip of the batch (all share its size): a token spans
+    ``F / t`` frames and an ``H / h`` pixel cell.
+    """
+    n_frames, height = frames.shape[:2]
+    group, cell = n_frames // tokens.shape[1], height // tokens.shape[2]
     per = [token_labels(w, n_frames, group=group, cell=cell) for w in worlds]
     return {k: torch.from_numpy(np.stack([p[k] for p in per])) for k in LABEL_SIZES}
 
@@ -297,15 +300,12 @@ def main(argv: list[str] | None = None) -> None:
         if teacher is not None or probe is not None:
             # encode the video once, use its merged tokens for the auxiliary losses and the LM
             vision, tokens = vision_tokens(model, inputs, adapter.merge)
-            hw = tuple(tokens.shape[2:4])
             if teacher is not None:
                 frames = np.stack([f for f, _ in examples])
                 aux["distill"] = args.clip_distill * teacher.loss(
-                    tokens, teacher.targets(frames, adapter.frames_per_group, hw))
+                    tokens, teacher.targets(frames, adapter.frames_per_group, tuple(tokens.shape[2:4])))
             if probe is not None:
-                labels = batch_token_labels(worlds, len(examples[0][0]), adapter.frames_per_group,
-                                            examples[0][0].shape[1] // hw[0])
-                probe_loss, token_acc = probe.loss(tokens, labels)
+                probe_loss, token_acc = probe.loss(tokens, batch_token_labels(worlds, examples[0][0], tokens))
                 aux["tokens"] = args.token_aux * probe_loss
             inputs.pop("pixel_values_videos")
             inputs["mm_encoder_outputs"] = {"video": vision}
