@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .memory import POLICIES
 from .streaming.timed import TimedQuestion
 
 TINY_MODELS = ("tiny-qwen2.5-vl", "tiny-llava-onevision")
@@ -51,10 +52,6 @@ def build_adapter(model: str, *, device: str | None = None, dtype: str = "auto")
 
         return load_shapesworld_adapter(device=device)
     return load_adapter(model, device=device, dtype=dtype)
-
-
-#: every policy of ``ppllava_hermes.memory.POLICIES`` (kept literal so ``--help`` needs no torch import)
-MEMORY_POLICIES = ["full", "window", "sink", "hermes", "uniform", "snapkv", "merge"]
 
 
 def build_policy(name: str, budget: int | None):
@@ -166,7 +163,7 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
                         f"'shapesworld' for the shipped tiny model, or one of {', '.join(TINY_MODELS)} "
                         f"(random weights, for trying the pipeline). Default: {default_model}")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: CPU)")
-    p.add_argument("--memory", default="hermes", choices=MEMORY_POLICIES,
+    p.add_argument("--memory", default="hermes", choices=list(POLICIES),
                    help="KV memory policy (default: hermes); merge = DMC-style merging then HERMES at --budget")
     p.add_argument("--budget", type=int, default=None,
                    help="visual tokens kept per layer by the memory policy (default: the policy's own)")
@@ -206,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--seed", type=int, default=7, help="world seed (default 7)")
     d.add_argument("--questions", type=int, default=12, help="how many timed questions (default 12)")
     d.add_argument("--model", default=None, help="default: the shipped ShapesWorld model, else a tiny random one")
-    d.add_argument("--memory", default="hermes", choices=MEMORY_POLICIES)
+    d.add_argument("--memory", default="hermes", choices=list(POLICIES))
     d.add_argument("--budget", type=int, default=None)
     d.add_argument("--pool", default="prompt", choices=["none", "avg", "prompt"])
     d.add_argument("--quiet", action="store_true")
