@@ -12,9 +12,9 @@ on the answer (and its end token), plus the token loss, which keeps the tower's 
 Without the token labels the tower learns shape and direction only from one answer word per clip:
 the previous recipe (answer loss only, vision hidden 64) trained for about an hour and reached 63%
 on short-clip multiple choice with direction at chance; with them ~21 minutes reach ~88% (then ~87%
-after stage 2 on 800 test clips, direction 95%). Data are generated on the fly from the train split's seeds (never repeating a clip), so there
-is no overfitting to a fixed set; evaluation uses held-out test seeds through the library's own
-StreamingSession.
+after stage 2 on 800 test clips, direction 95%). Data are generated on the fly from the train
+split's seeds (never repeating a clip), so there is no overfitting to a fixed set; evaluation uses
+held-out test seeds through the library's own StreamingSession.
 """
 
 from __future__ import annotations
