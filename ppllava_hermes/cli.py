@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .compat import MissingExtraError, missing_extra_message
 from .memory import POLICIES
 from .streaming.timed import TimedQuestion
 
@@ -217,8 +218,37 @@ def main(argv: list[str] | None = None) -> int:
     add_eval_arguments(e)
     e.set_defaults(func=lambda a: run_eval_command(a, argv))
 
+    from . import recipes
+
+    for kind, what in recipes.KINDS.items():
+        names = ", ".join(recipes.available(kind))
+        r = sub.add_parser(kind, help=f"run one of the {what}: {names}", description=f"Run one of the {what}.")
+        r.add_argument("name", help=f"one of: {names}")
+        r.add_argument("args", nargs=argparse.REMAINDER, help="the recipe's own flags (NAME --help lists them)")
+        r.set_defaults(func=lambda a, kind=kind: _run_recipe(kind, a.name, a.args))
+
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:  # an optional dependency: say which extra brings it
+        message = str(exc) if isinstance(exc, MissingExtraError) else missing_extra_message(exc.name or "")
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _run_recipe(kind: str, name: str, args: list[str]) -> int:
+    from . import recipes
+
+    try:
+        result = recipes.run(kind, name, args)
+    except ValueError as err:
+        if name not in recipes.available(kind):  # an unknown recipe: one line; errors from inside propagate
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def test_shapesworld_results_script_writes_rows_with_exact_fields(tmp_path):
     overall = [(r["config"], r["budget"]) for r in rows if r["task_type"] == "all"]
     assert overall == [("full", 64), ("full", 128), ("window", 64), ("window", 128)]  # full repeated per budget
     md = (tmp_path / "eval_shapesworld.md").read_text()
-    assert "python -m evaluate.eval_shapesworld --model random-shapesworld" in md and "RANDOM weights" in md
+    assert "ppllava-hermes bench eval_shapesworld --model random-shapesworld" in md and "RANDOM weights" in md
     # the results files can be re-written from the per-record report, without the model
     (tmp_path / "eval_shapesworld.json").unlink()
     assert eval_shapesworld.main(argv + ["--from-details", str(tmp_path / "details" / "results.json")]) == 0

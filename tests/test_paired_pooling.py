@@ -2,7 +2,7 @@
 
 import pytest
 
-paired = pytest.importorskip("evaluate.paired_pooling")
+from ppllava_hermes.recipes.bench import paired_pooling as paired
 
 
 def test_mcnemar_exact_known_values():

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ppllava_hermes.memory import KeyDimDecider, TokenMerge
+from ppllava_hermes.recipes.train import train_dmc
 from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSession
 from ppllava_hermes.world.model import load_shapesworld_adapter, prompt_for
-from train import train_dmc
 
 
 @pytest.fixture(scope="module")

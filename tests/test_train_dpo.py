@@ -11,6 +11,7 @@ import torch
 from transformers import TrainerCallback
 
 from ppllava_hermes.integrations.trl_video import VideoPreferenceCollator, make_video_loader, preference_rows
+from ppllava_hermes.recipes.train.dpo import main
 from ppllava_hermes.training import (
     DataError,
     DataErrorLog,
@@ -19,7 +20,6 @@ from ppllava_hermes.training import (
     write_shapesworld_json,
 )
 from ppllava_hermes.training.build import load_vlm
-from train.dpo import main
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:.*(gradient_checkpointing|is_gradient_checkpointing).*:FutureWarning")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
+from ppllava_hermes.recipes.train.finetune_pooling import main, parse_args
 from ppllava_hermes.training import (
     DataError,
     DataWarning,
@@ -19,7 +20,6 @@ from ppllava_hermes.training import (
     write_shapesworld_json,
 )
 from ppllava_hermes.training.build import build_model
-from train.finetune_pooling import main, parse_args
 
 torch.set_num_threads(1)
 

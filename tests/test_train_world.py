@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from ppllava_hermes.recipes.train import train_world
 from ppllava_hermes.world.labels import LABEL_SIZES
 from ppllava_hermes.world.model import build_model, build_tokenizer
 from ppllava_hermes.world.tasks import iter_short_clip_worlds
-
-train_world = pytest.importorskip("train.train_world")
 
 torch.set_num_threads(1)
 
@@ -90,7 +89,7 @@ def test_warmup_cosine_schedule():
 
 
 def test_train_world_stream_smoke(tmp_path):
-    stream = pytest.importorskip("train.train_world_stream")
+    from ppllava_hermes.recipes.train import train_world_stream as stream
     from ppllava_hermes.world.model import VLM_DIR
 
     out = tmp_path / "vlm"

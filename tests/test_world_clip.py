@@ -82,7 +82,7 @@ def test_missing_checkpoint_says_how_to_train(tmp_path):
 
 
 def test_training_script_runs_two_steps(tmp_path):
-    from train.train_clip import main
+    from ppllava_hermes.recipes.train.train_clip import main
 
     out = tmp_path / "clip"
     report = main(
@@ -96,9 +96,9 @@ def test_training_script_runs_two_steps(tmp_path):
     assert RelevanceScorer(model, tok).score("a red circle", np.zeros((1, 112, 112, 3), np.uint8)).shape == (1, 1, 8, 8)
 
 
-@pytest.mark.skipif(not has_world_clip(), reason="no shipped ShapesWorld CLIP (python -m train.train_clip)")
+@pytest.mark.skipif(not has_world_clip(), reason="no shipped ShapesWorld CLIP (ppllava-hermes train train_clip)")
 def test_shipped_clip_retrieves_regions_of_held_out_frames():
-    from train.train_clip import evaluate
+    from ppllava_hermes.recipes.train.train_clip import evaluate
 
     model, tok = load_world_clip()
     report = evaluate(model, tok, n_pools=4, patch_frames=20)

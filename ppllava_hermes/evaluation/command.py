@@ -1,4 +1,4 @@
-"""The ``ppllava-hermes eval`` command (also ``python -m evaluate.run_eval``): arguments and the run.
+"""The ``ppllava-hermes eval`` command (also ``ppllava-hermes bench run_eval``): arguments and the run.
 
 Parsing needs only the standard library, so ``--help`` is instant; the model, torch and the
 protocols load when a run starts. Under ``accelerate launch`` each process answers its share of

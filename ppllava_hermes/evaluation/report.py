@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..compat import require
 from .protocols import RecordResult
 from .runner import EvalRun
 
@@ -145,8 +146,8 @@ def markdown(runs: Sequence[EvalRun], *, title: str = "Evaluation", command: str
 
 
 def _figure(width: float = 7.0, height: float = 4.5):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "plots").FigureCanvasAgg
+    Figure = require("matplotlib.figure", "plots").Figure
 
     fig = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(fig)  # off-screen: no display, no global pyplot state

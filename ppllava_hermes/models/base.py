@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..compat import cache_kwargs
 from ..memory.cache import TokenKind, TokenMeta
 
 
@@ -227,8 +228,8 @@ class VLMAdapter(ABC):
         out = self.language_model(
             inputs_embeds=segment_embeds.unsqueeze(0).to(self.dtype),
             position_ids=self.lm_positions(meta).to(self.device),
-            past_key_values=cache,
             use_cache=True,
+            **cache_kwargs(self.language_model, cache),
             output_attentions=output_attentions,
         )
         logits = self.model.lm_head(out.last_hidden_state)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compat import require
 from .text_extension import text_context_length, tokenize_prompts
 
 Triple = tuple[int, int, int]
@@ -133,7 +134,7 @@ def _pair(value) -> tuple[int, int]:
 class _OpenClipBackend(_Backend):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        from open_clip.transformer import VisionTransformer
+        VisionTransformer = require("open_clip.transformer", "the open_clip relevance backend").VisionTransformer
 
         visual = model.visual
         if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None or visual.proj is None:

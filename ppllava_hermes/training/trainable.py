@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..compat import require
 from ..pooling import PromptGuidedPooling, TextExtensionConfig, extend_text_context, is_extended
 from .model import PooledVideoLM
 
@@ -98,7 +99,8 @@ def prepare_architecture(model: PooledVideoLM, config: TrainableConfig) -> None:
         ext = TextExtensionConfig(keep=config.text_keep, factor=config.text_factor, trainable=True)
         extend_text_context(model.scorer.model, model.scorer.tokenizer, ext)
     if config.lora_rank and not any("lora_" in n for n, _ in model.vlm.named_parameters()):
-        from peft import LoraConfig, inject_adapter_in_model
+        peft = require("peft", "LoRA (lora_rank > 0)")
+        LoraConfig, inject_adapter_in_model = peft.LoraConfig, peft.inject_adapter_in_model
 
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=list(config.lora_targets))

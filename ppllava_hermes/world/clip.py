@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..compat import require
 from .generator import COLORS, SHAPES
 
 CLIP_DIR = Path(__file__).parent / "checkpoints" / "clip"
@@ -155,7 +156,7 @@ def _config_folder() -> Path:
 
 def _register(config: dict[str, Any]) -> str:
     """Register ``config`` with open_clip under a name derived from its content; returns the name."""
-    import open_clip
+    open_clip = require("open_clip", "the ShapesWorld CLIP")
 
     text = json.dumps(config, sort_keys=True)
     name = f"{MODEL_NAME}-{zlib.crc32(text.encode()):08x}"
@@ -191,7 +192,7 @@ def build_world_clip(
         tokenizer: default :class:`WorldTokenizer` with :func:`default_vocabulary`.
         seed: initialisation seed (the global torch RNG is saved and restored).
     """
-    import open_clip
+    open_clip = require("open_clip", "the ShapesWorld CLIP")
 
     tokenizer = tokenizer or WorldTokenizer()
     config = config if config is not None else model_config(tokenizer)
@@ -278,7 +279,7 @@ def load_world_clip(path: str | Path | None = None) -> tuple[nn.Module, WorldTok
     if not has_world_clip(path):
         raise FileNotFoundError(
             f"ShapesWorld CLIP {str(path)!r}: no checkpoint ({WEIGHTS_FILE} + {CONFIG_FILE}); train one with "
-            f"`python -m train.train_clip --out {path}` (about 10 minutes on a CPU core)"
+            f"`ppllava-hermes train train_clip --out {path}` (about 10 minutes on a CPU core)"
         )
     meta = json.loads((path / CONFIG_FILE).read_text())
     tokenizer = WorldTokenizer.from_dict(meta["tokenizer"])

@@ -107,7 +107,7 @@ def load_shapesworld_adapter(path: str | Path | None = None, device: str | None 
     path = Path(path) if path is not None else VLM_DIR
     if not (path / "config.json").exists():
         raise FileNotFoundError(
-            f"ShapesWorld model {str(path)!r}: no checkpoint (train one with `python -m train.train_world`)"
+            f"ShapesWorld model {str(path)!r}: no checkpoint (train one with `ppllava-hermes train train_world`)"
         )
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     if device:

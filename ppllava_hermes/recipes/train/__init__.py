@@ -1,4 +1,4 @@
-"""Runnable training scripts (``python -m train.<name>``); the library never imports them."""
+"""Training recipes (`ppllava-hermes train NAME`, or `python train/NAME.py` in a checkout); the library never imports them."""
 
 
 def warmup_cosine(optimizer, warmup: int, steps: int):
