@@ -26,6 +26,7 @@ class _StubLmms:
 class _StubManifest:
     def __init__(self, model_id, simple_class_path=None, chat_class_path=None, aliases=()):
         self.model_id, self.simple_class_path, self.aliases = model_id, simple_class_path, aliases
+        self.chat_class_path = chat_class_path
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def test_wrapper_subclasses_lmms_and_is_registered(wrapper):
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert '[project.entry-points."lmms_eval.models"]\nppllava_hermes = "ppllava_hermes.integrations.lmms_eval:manifest"' \
         in pyproject
-    assert '\nlmms-eval = ["lmms-eval' in pyproject  # the optional extra
+    assert '\nlmms-eval = ["ppllava-hermes[eval]", "lmms-eval' in pyproject  # the optional extra
 
 
 def test_generate_until_and_loglikelihood(wrapper, video):
@@ -114,3 +115,80 @@ def test_multi_round_streams_on_between_rounds(wrapper, video, tmp_path):
     # each round adds only the frames after the previous round's
     assert [len(s) for s in seen] == [3, 6, 8]
     assert np.allclose(seen[-1], np.arange(8.0))
+
+
+def test_manifest_lists_both_classes_in_lmms_eval_models_tables(wrapper):
+    tables = sys.modules["lmms_eval.models"]
+    tables.AVAILABLE_SIMPLE_MODELS, tables.AVAILABLE_CHAT_TEMPLATE_MODELS, tables.MODEL_ALIASES = {"x": "X"}, {}, {}
+    manifest = wrapper.manifest()
+    assert manifest.chat_class_path == "ppllava_hermes.integrations.lmms_eval.PPLLaVAHermesChatLMM"
+    assert tables.AVAILABLE_SIMPLE_MODELS["ppllava_hermes"] == manifest.simple_class_path
+    assert tables.AVAILABLE_CHAT_TEMPLATE_MODELS["ppllava_hermes"] == manifest.chat_class_path
+    assert tables.MODEL_ALIASES["ppllava_hermes"] == ("ppllava-hermes",)
+    assert not wrapper.PPLLaVAHermesChatLMM.is_simple
+
+
+def test_chat_model_reads_messages_and_streams_rounds(wrapper, video, tmp_path):
+    from ppllava_hermes.world.generator import save_mp4
+
+    path, world = video
+    model = wrapper.PPLLaVAHermesChatLMM(pretrained="tiny-qwen2.5-vl", memory="full", max_frames_num="8",
+                                         max_new_tokens="2", fps="1")
+    asked, frames = [], []
+    make = model.engine.new_session
+
+    def new_session(*a):
+        s = make(*a)
+        ask = s.ask
+        s.ask = lambda q, g=None: s.flush() or asked.append(q) or frames.append(len(s.frame_log)) or ask(q, g)
+        return s
+
+    model.engine.new_session = new_session
+    model.task_dict = {"t": {"test": {0: {"video": path}}}}
+
+    def messages(doc, span=None):
+        video = {"type": "video", "url": {"path": doc["video"], "video_start": span[0], "video_end": span[1]}
+                 if span else doc["video"]}
+        return [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": [video, {"type": "text", "text": "What moved?"}]}]
+
+    out = model.generate_until([_Request("ctx", lambda d: messages(d), {"max_new_tokens": 1}, 0, "t", "test"),
+                                _Request("ctx", lambda d: messages(d, (2.0, 5.0)), {}, 0, "t", "test")])
+    assert len(out) == 2 and all(isinstance(x, str) for x in out)
+    assert asked == ["What moved?", "What moved?"]  # the user text, not the system turn
+    assert frames == [8, 4]  # at 1 fps: every second of the 8 s video, then seconds 2..5
+
+    prefixes = [str(save_mp4(tmp_path / f"p{k}.mp4", world.frames(0, k), world.fps)) for k in (3, 6)]
+    asked.clear(), frames.clear()
+
+    def doc_to_messages(doc, round_idx=None, previous_output=None, previous_round_info=None):
+        r = round_idx or 0
+        if r >= len(prefixes):
+            return None, True, previous_output, previous_round_info
+        turn = [{"role": "user", "content": [{"type": "video", "url": prefixes[r]},
+                                             {"type": "text", "text": f"Round {r}?"}]}]
+        if round_idx is None:
+            return turn
+        assert len(previous_output) == round_idx
+        return turn, False, previous_output, {"round": round_idx}
+
+    (answers,) = model.generate_until_multi_round([_Request("ctx", doc_to_messages, {}, 0, "t", "test")])
+    assert len(answers) == 2 and asked == ["Round 0?", "Round 1?"]
+    assert frames == [3, 6]  # one stream: round 1 adds only the frames after round 0's
+
+
+def test_models_pickle_without_weights_and_rebuild_lazily(wrapper, video):
+    import pickle
+
+    path, _ = video
+    model = wrapper.PPLLaVAHermesLMM(pretrained="tiny-qwen2.5-vl", memory="window", budget="64", max_frames_num="4",
+                                     max_new_tokens="2")
+    model.task_dict = {"t": {"test": {0: {"video": path}}}}
+    blob = pickle.dumps(model)
+    assert len(blob) < 100_000  # settings and task data, not the model
+    clone = pickle.loads(blob)
+    assert clone._engine is None and clone._adapter is None and clone.task_dict == model.task_dict
+    request = _Request("What is shown?", {}, lambda d: [d["video"]], 0, "t", "test")
+    assert clone.generate_until([request]) == model.generate_until([request])  # rebuilt on first use
+    assert clone._engine is not None
+    clone.cache_hook.add_partial("generate_until", None, "x")  # a working no-op hook after unpickling

@@ -161,7 +161,7 @@ def test_result_fields_are_stable():
 
 
 def test_shapesworld_results_script_writes_rows_with_exact_fields(tmp_path):
-    from evaluate import eval_shapesworld
+    from ppllava_hermes.recipes.bench import eval_shapesworld
 
     argv = ["--model", "random-shapesworld", "--splits", "short", "--short-clips", "3", "--configs", "full,window",
             "--budgets", "64,128", "--out", str(tmp_path), "--details", str(tmp_path / "details"), "--quiet"]

@@ -73,7 +73,7 @@ def test_train_world_smoke(tmp_path):
 
 
 def test_warmup_cosine_schedule():
-    from train import warmup_cosine
+    from ppllava_hermes.recipes.train import warmup_cosine
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = warmup_cosine(opt, warmup=4, steps=10)

@@ -1,4 +1,5 @@
 """`python train/finetune_pooling.py ARGS` runs `ppllava-hermes train finetune_pooling ARGS` (ppllava_hermes/recipes/train/finetune_pooling.py)."""
 from ppllava_hermes.recipes import run_script
 
-run_script(__file__)
+if __name__ == "__main__":
+    run_script(__file__)

@@ -1,4 +1,5 @@
 """`python train/train_dmc.py ARGS` runs `ppllava-hermes train train_dmc ARGS` (ppllava_hermes/recipes/train/train_dmc.py)."""
 from ppllava_hermes.recipes import run_script
 
-run_script(__file__)
+if __name__ == "__main__":
+    run_script(__file__)
