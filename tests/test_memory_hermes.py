@@ -8,8 +8,7 @@ import torch
 from ppllava_hermes.memory import Hermes, MemoryCache, TokenKind, TokenMeta
 from ppllava_hermes.memory.hermes import DEEP, MIDDLE, SHALLOW
 from ppllava_hermes.memory.policy import AttentionProbe
-from ppllava_hermes.memory.rope import rotate
-from ppllava_hermes.models.base import RopeSpec
+from ppllava_hermes.memory.rope import RopeSpec, rotate
 from ppllava_hermes.streaming import StreamConfig, StreamingSession
 
 from .helpers import random_frames

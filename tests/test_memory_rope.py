@@ -5,8 +5,7 @@ import torch
 
 from ppllava_hermes.memory.cache import TokenKind
 from ppllava_hermes.memory.positions import compact_positions
-from ppllava_hermes.memory.rope import frequency_axes, rerotate, rotate
-from ppllava_hermes.models.base import RopeSpec
+from ppllava_hermes.memory.rope import RopeSpec, frequency_axes, rerotate, rotate
 from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSession
 
 from .helpers import random_frames

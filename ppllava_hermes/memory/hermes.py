@@ -53,8 +53,8 @@ from .policy import (
 )
 from .rope import rerotate
 
-if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
-    from ..models.base import RopeSpec
+if TYPE_CHECKING:
+    from .rope import RopeSpec
 
 SHALLOW, MIDDLE, DEEP = 0, 1, 2
 

@@ -55,8 +55,8 @@ from .policy import AttentionProbe, CompressResult, MemoryPolicy, ReindexingPoli
 from .positions import reindex_cache
 from .rope import rerotate
 
-if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
-    from ..models.base import RopeSpec
+if TYPE_CHECKING:
+    from .rope import RopeSpec
 
 MATCHES = ("temporal", "sequence")
 SURVIVORS = ("newest", "oldest")

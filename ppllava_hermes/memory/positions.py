@@ -32,8 +32,8 @@ import torch
 from .cache import MemoryCache
 from .rope import rerotate
 
-if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
-    from ..models.base import RopeSpec
+if TYPE_CHECKING:
+    from .rope import RopeSpec
 
 REINDEX_MODES = ("eager", "lazy")
 

@@ -1,6 +1,6 @@
 """Rotary position arithmetic on cached keys: rotate a key to a position, or move it to another one.
 
-Pure functions of tensors and a :class:`~ppllava_hermes.models.base.RopeSpec`. They know nothing of
+Pure functions of tensors and a :class:`RopeSpec` (defined here: the memory needs it, and models/ builds it). They know nothing of
 caches, policies, video or a model family beyond the rotation convention every supported family shares
 (HF Llama / Qwen2 / Qwen2.5-VL):
 
@@ -19,13 +19,26 @@ float64 from integer deltas, so moving a key is as exact as rotating it afresh.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
-if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
-    from ..models.base import RopeSpec
 
+@dataclass(frozen=True)
+class RopeSpec:
+    """What a memory policy needs to re-rotate keys: inverse frequencies and, for M-RoPE, sections.
+
+    Attributes:
+        inv_freq: ``(head_dim/2,)`` float inverse frequencies of the model's rotary embedding.
+        mrope_section: M-RoPE frequencies per axis (t, h, w), or None for 1-D RoPE.
+        attention_scaling: factor the model applies to cos and sin.
+        max_position_embeddings: the model's position limit.
+    """
+
+    inv_freq: torch.Tensor
+    mrope_section: tuple[int, ...] | None
+    attention_scaling: float
+    max_position_embeddings: int
 
 
 def frequency_axes(rope: RopeSpec) -> torch.Tensor:

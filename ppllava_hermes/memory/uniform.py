@@ -20,8 +20,8 @@ import numpy as np
 from .cache import MemoryCache
 from .policy import MemoryPolicy, check_budget
 
-if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
-    from ..models.base import RopeSpec
+if TYPE_CHECKING:
+    from .rope import RopeSpec
 
 
 @dataclass

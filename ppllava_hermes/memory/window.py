@@ -21,8 +21,8 @@ from .policy import (
     require_rope,
 )
 
-if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
-    from ..models.base import RopeSpec
+if TYPE_CHECKING:
+    from .rope import RopeSpec
 
 
 @dataclass

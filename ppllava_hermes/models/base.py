@@ -18,6 +18,7 @@ import torch
 
 from ..compat import cache_kwargs
 from ..memory.cache import TokenKind, TokenMeta
+from ..memory.rope import RopeSpec
 
 
 @dataclass
@@ -79,16 +80,6 @@ class Segment:
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
-
-
-@dataclass(frozen=True)
-class RopeSpec:
-    """What a memory policy needs to re-rotate keys: inverse frequencies and, for M-RoPE, sections."""
-
-    inv_freq: torch.Tensor
-    mrope_section: tuple[int, ...] | None
-    attention_scaling: float
-    max_position_embeddings: int
 
 
 def load_processors(path):

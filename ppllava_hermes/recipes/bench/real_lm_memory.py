@@ -41,7 +41,7 @@ import torch
 from ppllava_hermes.compat import cache_kwargs
 from ppllava_hermes.memory import Hermes, MemoryCache, TokenKind, TokenMeta, make_policy
 from ppllava_hermes.memory.policy import AttentionProbe, MemoryPolicy
-from ppllava_hermes.models.base import RopeSpec
+from ppllava_hermes.memory.rope import RopeSpec
 from ppllava_hermes.models.smollm2 import load_smollm2
 
 LICENSES = ["GPL-3", "GPL-2", "LGPL-2.1", "GFDL-1.3", "MPL-2.0", "Apache-2.0", "LGPL-3", "Artistic"]
