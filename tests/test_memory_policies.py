@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ppllava_hermes.memory import POLICIES, FullCache, Hermes, MemoryPolicy, make_policy
 from ppllava_hermes.memory.policy import CompressResult
-from ppllava_hermes.models.base import RopeSpec
+from ppllava_hermes.memory.rope import RopeSpec
 from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSession
 
 from .helpers import random_frames
@@ -27,7 +27,7 @@ ANCHORS = 4
 def build(name: str, budget: int) -> MemoryPolicy:
     extra = {"hermes": {"anchors": ANCHORS, "headroom": 64}, "hermes_eager": {"anchors": ANCHORS, "headroom": 64},
              "window": {"headroom": 64}, "sink": {"headroom": 64}, "snapkv": {"headroom": 64, "reindex": "eager"},
-             "uniform": {"frames": 4}}
+             "uniform": {"frames": 4}, "retrieval": {"headroom": 64}}
     if name == "hermes_eager":
         return Hermes(budget=budget, reindex="eager", **extra[name])
     if name == "uniform":
@@ -43,10 +43,11 @@ def limit_for(name: str, budget: int, system: int) -> int | None:
     """The most entries a layer may hold between questions."""
     return {"full": None, "window": system + budget, "sink": system + budget, "hermes": system + budget + ANCHORS,
             "hermes_eager": system + budget + ANCHORS, "snapkv": system + budget, "uniform": system, "merge": None,
-            "merge_hermes": system + budget + ANCHORS}[name]
+            "merge_hermes": system + budget + ANCHORS, "retrieval": system + budget}[name]
 
 
-NAMES = ["full", "window", "sink", "hermes", "hermes_eager", "snapkv", "uniform", "merge", "merge_hermes"]
+NAMES = ["full", "window", "sink", "hermes", "hermes_eager", "snapkv", "uniform", "merge", "merge_hermes",
+         "retrieval"]
 
 
 def stream_and_check(family: str, name: str, budget: int, sizes: list[int], chunk_frames: int,
@@ -70,7 +71,7 @@ def stream_and_check(family: str, name: str, budget: int, sizes: list[int], chun
 
 
 def test_registry_has_every_policy():
-    assert set(POLICIES) == {"full", "window", "sink", "hermes", "uniform", "snapkv", "merge"}
+    assert set(POLICIES) == {"full", "window", "sink", "hermes", "uniform", "snapkv", "merge", "retrieval"}
     assert isinstance(make_policy("full"), FullCache)
     with pytest.raises(ValueError, match="unknown memory policy"):
         make_policy("lru", budget=10)
@@ -98,7 +99,7 @@ def test_invariants_and_memory_restored_after_ask(family, name):
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     family=st.sampled_from(FAMILIES),
-    name=st.sampled_from(["window", "sink", "hermes", "hermes_eager", "snapkv", "merge_hermes"]),
+    name=st.sampled_from(["window", "sink", "hermes", "hermes_eager", "snapkv", "merge_hermes", "retrieval"]),
     budget=st.integers(min_value=19, max_value=40),
     sizes=st.lists(st.integers(min_value=1, max_value=8), min_size=4, max_size=8),
     chunk_frames=st.integers(min_value=1, max_value=4),
@@ -108,7 +109,7 @@ def test_budget_order_and_system_hold_for_random_streams(family, name, budget, s
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("name", ["hermes", "window", "sink", "snapkv", "merge_hermes"])
+@pytest.mark.parametrize("name", ["hermes", "window", "sink", "snapkv", "merge_hermes", "retrieval"])
 def test_positions_stay_under_a_small_maximum_forever(family, name):
     """max_position_embeddings=256: without re-indexing the stream would pass it (Qwen's M-RoPE advances
     4 positions per frame pair, LLaVA-OneVision 4.5 per frame here)."""
@@ -211,7 +212,7 @@ def test_baseline_hyperparameters_are_checked():
         make_policy("uniform", frames=0)
 
 
-@pytest.mark.parametrize("name", ["hermes", "window", "sink", "snapkv"])
+@pytest.mark.parametrize("name", ["hermes", "window", "sink", "snapkv", "retrieval"])
 def test_a_model_without_rope_is_refused_at_construction(name, monkeypatch):
     ad = adapter("llava_onevision")
     monkeypatch.setattr(ad, "rope_spec", lambda: None)
@@ -239,7 +240,7 @@ def test_full_cache_is_the_default_and_never_compresses():
     assert np.isclose(session.stats.frames, 8)
 
 
-@pytest.mark.parametrize("name", ["window", "sink", "snapkv", "hermes", "merge"])
+@pytest.mark.parametrize("name", ["window", "sink", "snapkv", "hermes", "merge", "retrieval"])
 def test_reindexing_policies_validate_their_options(name):
     from ppllava_hermes.memory.policy import ReindexingPolicy
 

@@ -9,6 +9,8 @@ and per-entry metadata (frame id, kind, count). One policy per file:
 - ``hermes.Hermes`` ("hermes"): hierarchical memory with per-tier importance and anchors.
 - ``uniform.UniformSampling`` ("uniform"): offline: re-encode uniformly sampled frames per question.
 - ``snapkv.SnapKV`` ("snapkv"): attention of a pseudo-query, pooled (the attention-only ablation).
+- ``retrieval.Retrieval`` ("retrieval"): the window on the accelerator, evicted frames offloaded to host
+  memory and retrieved by the question's attention (ReKV-style).
 - ``merge.TokenMerge`` / ``merge.MergeThenEvict`` ("merge"): DMC-style append-or-merge, then HERMES
   when a budget is given; ``proportional`` adds log(count) to attention.
 """
@@ -18,7 +20,8 @@ from __future__ import annotations
 from .cache import MemoryCache, MemoryLayer, TokenKind, TokenMeta
 from .hermes import Hermes
 from .merge import KeyDimDecider, MergeThenEvict, SimilarityDecider, TokenMerge, merge_policy
-from .policy import AttentionProbe, CompressResult, FullCache, MemoryPolicy
+from .policy import AttentionProbe, CompressResult, FullCache, MemoryPolicy, QuestionProbe
+from .retrieval import HostBlock, QuestionReport, Retrieval
 from .sink import StreamingLLM
 from .snapkv import SnapKV
 from .uniform import UniformSampling
@@ -32,6 +35,7 @@ POLICIES: dict[str, type[MemoryPolicy]] = {
     "uniform": UniformSampling,
     "snapkv": SnapKV,
     "merge": MergeThenEvict,
+    "retrieval": Retrieval,
 }
 
 
@@ -60,12 +64,16 @@ __all__ = [
     "CompressResult",
     "FullCache",
     "Hermes",
+    "HostBlock",
     "KeyDimDecider",
     "MemoryCache",
     "MemoryLayer",
     "MemoryPolicy",
     "MergeThenEvict",
+    "QuestionProbe",
+    "QuestionReport",
     "RecentWindow",
+    "Retrieval",
     "SimilarityDecider",
     "SnapKV",
     "StreamingLLM",

@@ -8,6 +8,7 @@ values, positions and token metadata only: nothing of video, pooling or a model 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,8 +17,8 @@ import torch
 from .cache import MemoryCache
 from .positions import REINDEX_MODES, reindex_cache
 
-if TYPE_CHECKING:  # models/ imports memory/: a runtime import would be circular
-    from ..models.base import RopeSpec
+if TYPE_CHECKING:
+    from .rope import RopeSpec
 
 
 @dataclass
@@ -46,6 +47,14 @@ class AttentionProbe:
     """
 
     scores: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+#: What a session hands :meth:`MemoryPolicy.question_cache`: ``probe(cache, start)`` runs the question's
+#: tokens (exactly those the answer prefills), at positions ``start, start+1, ...``, over ``cache`` with
+#: eager attention and returns, per layer, a ``(len(cache),)`` float32 CPU tensor: the attention each
+#: entry of ``cache`` received, averaged over heads and question tokens. ``cache`` is left exactly as it
+#: was (its keys and values are cut back to their length; no metadata is committed).
+QuestionProbe = Callable[[MemoryCache, int], list[torch.Tensor]]
 
 
 class MemoryPolicy:
@@ -80,6 +89,19 @@ class MemoryPolicy:
 
     def question_frames(self, num_frames: int, tokens_per_frame: int) -> list[int] | None:
         """Frames (indices into the stream) to prefill afresh for a question; None: answer from the memory."""
+        return None
+
+    def question_cache(self, cache: MemoryCache, rope: RopeSpec, probe: QuestionProbe,
+                       next_position: int) -> tuple[MemoryCache, int] | None:
+        """A cache built for one question, or None (default): answer from ``cache`` as it is.
+
+        Called once per question, before the question is prefilled, with the cache the question would be
+        answered from, the model's RoPE spec, a :data:`QuestionProbe` for this question and the position
+        the question would start at. A policy that returns ``(new_cache, start)`` must not modify
+        ``cache`` (nor share tensors with it that it mutates in place); the session answers from
+        ``new_cache`` with the question at ``start`` and then goes back to ``cache``, so nothing the
+        question writes reaches the stream.
+        """
         return None
 
 

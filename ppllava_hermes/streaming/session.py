@@ -334,9 +334,14 @@ class StreamingSession:
         if replayed is not None:  # offline policy: answer from freshly prefilled frames
             self.cache, self.next_position = replayed
             self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.cache.kv_bytes())
+        ids = self.adapter.tokenize(self.adapter.question_text(question))
+        # Question-time memory (retrieval): a cache built for this question; None answers from the memory as is.
+        built = self.memory.question_cache(self.cache, self.rope, self._question_probe(ids), self.next_position)
+        if built is not None:
+            self.cache, self.next_position = built
+            self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.cache.kv_bytes())
         length, position = self.cache.physical_length(), self.next_position
         cache_tokens, kv_bytes = length, self.cache.kv_bytes()
-        ids = self.adapter.tokenize(self.adapter.question_text(question))
         processors = _sampling_processors(gen)
         generator = None
         if gen.do_sample:
@@ -376,6 +381,24 @@ class StreamingSession:
             last_frame_time=self.frame_log[-1][1] if self.frame_log else None,
             question_logits=q_logits,
         )
+
+    def _question_probe(self, ids: torch.Tensor) -> Callable[[MemoryCache, int], list[torch.Tensor]]:
+        """The :data:`~ppllava_hermes.memory.policy.QuestionProbe` of one question: its tokens ``ids`` ``(L_q,)``
+        run over a given cache with eager attention, which is then cut back to its length."""
+
+        @torch.no_grad()
+        def probe(cache: MemoryCache, start: int) -> list[torch.Tensor]:
+            length = cache.physical_length()
+            seg = self.adapter.text_segment(ids, start, TokenKind.TEXT)
+            try:
+                with self.adapter.eager_attention():
+                    _, attentions = self.adapter.forward(seg.embeds, seg.meta, cache, output_attentions=True)
+            finally:
+                cache.truncate(length)  # the forward wrote keys and values but no metadata
+            # (1, heads, L_q, L_kv) per layer -> mean over heads and question tokens, cache entries only.
+            return [a[0, :, :, :length].float().mean(dim=(0, 1)).cpu() for a in attentions]
+
+        return probe
 
     def _replay_for_question(self) -> tuple[MemoryCache, int] | None:
         """For policies that store frames: a fresh cache with the system prompt and the frames they pick."""
