@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from . import plugins
 from .compat import MissingExtraError, missing_extra_message
-from .memory import POLICIES
+from .specs import POOL_MODES, SpecError, build_policy, kernel_arg, model_help, policy_names, relevance_help
 from .streaming.timed import TimedQuestion
 
-TINY_MODELS = ("tiny-qwen2.5-vl", "tiny-llava-onevision")
+__all__ = ["build_adapter", "build_policy", "kernel_arg", "main", "parse_timed_question"]
 
 
 def parse_timed_question(spec: str) -> TimedQuestion:
@@ -30,35 +32,21 @@ def parse_timed_question(spec: str) -> TimedQuestion:
         t = float(head)
     except ValueError:
         t = None
-    if not sep or t is None or t < 0 or not text.strip():
+    if not sep or t is None or not math.isfinite(t) or t < 0 or not text.strip():
         raise argparse.ArgumentTypeError(
-            f"--ask {spec!r}: expected SECONDS:QUESTION with SECONDS >= 0, e.g. '12.5:what is happening?'"
+            f"--ask {spec!r}: expected SECONDS:QUESTION with finite SECONDS >= 0, e.g. '12.5:what is happening?'"
         )
     return TimedQuestion(t, text.strip())
 
 
 def build_adapter(model: str, *, device: str | None = None, dtype: str = "auto"):
-    """Resolve ``--model``: a tiny random model name, or a checkpoint path / hub name."""
-    from .models import adapter_for_model, load_adapter
+    """Resolve ``--model`` (``specs.load_model``), printing the model's note (e.g. random weights)."""
+    from .specs import load_model, model_note
 
-    if model in TINY_MODELS:
-        from . import testing
-
-        build = testing.tiny_qwen2_5_vl if model == "tiny-qwen2.5-vl" else testing.tiny_llava_onevision
-        net, tok = build()
-        print(f"note: {model} is a tiny RANDOM model: its answers are noise; it shows the pipeline and timings.")
-        return adapter_for_model(net, tok)
-    if model == "shapesworld":
-        from .world.model import load_shapesworld_adapter
-
-        return load_shapesworld_adapter(device=device)
-    return load_adapter(model, device=device, dtype=dtype)
-
-
-def build_policy(name: str, budget: int | None):
-    from .memory import make_policy
-
-    return make_policy(name, budget=budget)
+    note = model_note(model)
+    if note:
+        print(f"note: {note}")
+    return load_model(model, device=device, dtype=dtype)
 
 
 def _format_bytes(n: int) -> str:
@@ -84,12 +72,17 @@ def run_stream(args: argparse.Namespace) -> int:
     except VideoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    adapter = build_adapter(args.model, device=args.device)
+    try:  # a --model / --clip mistake is one line, before anything loads
+        relevance = _relevance(args)
+        adapter = build_adapter(args.model, device=args.device)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:  # a configuration the model cannot run (budget below the system prompt, no RoPE, ...)
         session = StreamingSession(
             adapter,
             memory=build_policy(args.memory, args.budget),
-            pooling=build_pooling(args, adapter),
+            pooling=build_pooling(args, adapter, relevance),
             config=StreamConfig(chunk_frames=args.chunk_frames, max_new_tokens=args.max_new_tokens),
         )
         session.start()
@@ -137,46 +130,46 @@ def run_stream(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_pooling(args: argparse.Namespace, adapter):
-    """The pooling stage for ``--pool`` (None: no pooling)."""
+def _relevance(args: argparse.Namespace) -> str | None:
+    """The relevance spec ``--pool prompt`` uses (``--clip``, else the model's own); None for other modes."""
+    from .specs import check_model, relevance_spec
+
+    check_model(args.model)
+    if getattr(args, "pool", "none") != "prompt":
+        return None
+    return relevance_spec(args.model, args.clip)
+
+
+def build_pooling(args: argparse.Namespace, adapter, relevance: str | None = None):
+    """The pooling stage for ``--pool`` (None: no pooling); ``relevance`` is the spec of its scorer."""
     if getattr(args, "pool", "none") == "none":
         return None
+    from .specs import load_relevance, relevance_spec
     from .streaming.pooling_stage import make_pooling_stage
 
+    scorer = None
+    if args.pool == "prompt":
+        spec = relevance if relevance is not None else relevance_spec(args.model, args.clip)
+        scorer = load_relevance(spec, frames_per_token=adapter.frames_per_group)
     return make_pooling_stage(adapter, mode=args.pool, kernel=args.pool_kernel,
-                              standing_query=args.standing_query, clip=args.clip)
-
-
-def kernel_arg(text: str) -> tuple[int, int, int]:
-    """argparse type of ``--pool-kernel`` (stream and eval): ``"2,3,3"`` -> ``(2, 3, 3)``."""
-    try:
-        parts = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or min(parts) < 1:  # argparse prefixes the message with the flag's name
-        raise argparse.ArgumentTypeError(f"{text!r}: expected three positive integers T,H,W such as 2,3,3")
-    return parts  # type: ignore[return-value]
+                              standing_query=args.standing_query, scorer=scorer)
 
 
 def add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
-    p.add_argument("--model", default=default_model,
-                   help=f"checkpoint folder or hub name of a Qwen2.5-VL / Qwen2-VL / LLaVA-OneVision model, "
-                        f"'shapesworld' for the shipped tiny model, or one of {', '.join(TINY_MODELS)} "
-                        f"(random weights, for trying the pipeline). Default: {default_model}")
+    p.add_argument("--model", default=default_model, help=f"{model_help()}. Default: {default_model}")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: CPU)")
-    p.add_argument("--memory", default="hermes", choices=list(POLICIES),
+    p.add_argument("--memory", default="hermes", choices=list(policy_names()),
                    help="KV memory policy (default: hermes); merge = DMC-style merging then HERMES at --budget")
     p.add_argument("--budget", type=int, default=None,
                    help="visual tokens kept per layer by the memory policy (default: the policy's own)")
-    p.add_argument("--pool", default="none", choices=["none", "avg", "prompt"],
+    p.add_argument("--pool", default="none", choices=list(POOL_MODES),
                    help="token pooling before the LLM: none; avg (plain 3-D average pooling, no query); "
                         "prompt (PPLLaVA prompt-guided pooling against --standing-query)")
     p.add_argument("--pool-kernel", type=kernel_arg, default=(2, 3, 3),
                    help="pooling kernel T,H,W over the model's token grid (default 2,3,3, the reference)")
     p.add_argument("--standing-query", default=None,
                    help="query given at session start: each incoming chunk is pooled against it (--pool prompt)")
-    p.add_argument("--clip", default=None, help="CLIP-family relevance model for --pool prompt (default: the "
-                                                "model's own, e.g. the shipped ShapesWorld CLIP)")
+    p.add_argument("--clip", default=None, help=f"--pool prompt: {relevance_help()}")
     p.add_argument("--chunk-frames", type=int, default=8, help="frames per prefill chunk (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default 32)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
@@ -199,16 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_stream)
 
-    d = sub.add_parser("demo", help="stream a generated ShapesWorld video and answer timed questions")
-    d.add_argument("--minutes", type=float, default=3.0, help="length of the generated video (default 3)")
-    d.add_argument("--seed", type=int, default=7, help="world seed (default 7)")
-    d.add_argument("--questions", type=int, default=12, help="how many timed questions (default 12)")
-    d.add_argument("--model", default=None, help="default: the shipped ShapesWorld model, else a tiny random one")
-    d.add_argument("--memory", default="hermes", choices=list(POLICIES))
-    d.add_argument("--budget", type=int, default=None)
-    d.add_argument("--pool", default="prompt", choices=["none", "avg", "prompt"])
-    d.add_argument("--quiet", action="store_true")
-    d.set_defaults(func=lambda a: __import__("ppllava_hermes.world.demo", fromlist=["run_demo"]).run_demo(a))
+    for name, command in plugins.COMMANDS.items():  # the plugins' commands (ShapesWorld: demo)
+        c = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(c)
+        c.set_defaults(func=command.run)
 
     from .evaluation.command import add_eval_arguments, run_eval_command
 
@@ -230,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except SpecError as err:  # a --model / --clip / kernel mistake anywhere below: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except ModuleNotFoundError as exc:  # an optional dependency: say which extra brings it
         message = str(exc) if isinstance(exc, MissingExtraError) else missing_extra_message(exc.name or "")
         if message is None:

@@ -37,9 +37,16 @@ def wrapper(monkeypatch):
     mods["lmms_eval.models.registry_v2"].ModelManifest = _StubManifest
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    module = importlib.reload(importlib.import_module("ppllava_hermes.integrations.lmms_eval"))
-    yield module
-    importlib.reload(module)  # drop the class built on the stub
+    module = importlib.import_module("ppllava_hermes.integrations.lmms_eval")
+    _drop_built_classes(module)  # built on the real lmms-eval by an earlier test, where it is installed
+    yield importlib.reload(module)
+    _drop_built_classes(module)  # built on the stub
+
+
+def _drop_built_classes(module) -> None:
+    """Forget the lazily built wrapper classes (``importlib.reload`` keeps a module's old globals)."""
+    for name in ("PPLLaVAHermesLMM", "PPLLaVAHermesChatLMM", "_PPLLaVAHermesBase"):
+        module.__dict__.pop(name, None)
 
 
 class _Request:
@@ -64,6 +71,8 @@ def test_wrapper_subclasses_lmms_and_is_registered(wrapper):
     assert '[project.entry-points."lmms_eval.models"]\nppllava_hermes = "ppllava_hermes.integrations.lmms_eval:manifest"' \
         in pyproject
     assert '\nlmms-eval = ["ppllava-hermes[eval]", "lmms-eval' in pyproject  # the optional extra
+    extra = next(line for line in pyproject.splitlines() if line.startswith("lmms-eval = ["))
+    assert '"filelock<4"' in extra and '"av<16"' in extra  # lmms-eval 0.7.3 exits 0 after a crash with filelock 4
 
 
 def test_generate_until_and_loglikelihood(wrapper, video):

@@ -60,7 +60,7 @@ def stream_and_check(family: str, name: str, budget: int, sizes: list[int], chun
     for size in sizes:
         session.add_frames(frames[start : start + size], times[start : start + size])
         start += size
-        if not session._started:
+        if not session.started:
             continue
         n_system = session.cache.count(0)  # TokenKind.SYSTEM
         if system is None:

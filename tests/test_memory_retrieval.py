@@ -42,7 +42,7 @@ def stream(ad: VLMAdapter, policy, sizes: list[int], seed: int = 0, chunk_frames
     for size in sizes:
         session.add_frames(frames[start : start + size], times[start : start + size])
         start += size
-        if check_budget is not None and session._started:
+        if check_budget is not None and session.started:
             system = system or system_state(session.cache)
             check_invariants(session.cache, limit=session.cache.count(TokenKind.SYSTEM) + check_budget,
                              system=system, max_position=ad.rope_spec().max_position_embeddings)

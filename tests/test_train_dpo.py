@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
+from dataclasses import fields
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from ppllava_hermes.integrations.trl_video import VideoPreferenceCollator, make_video_loader, preference_rows
+from ppllava_hermes.integrations.trl_video import (
+    VideoPreferenceCollator,
+    checkpointing_kwargs,
+    make_video_loader,
+    preference_rows,
+)
 from ppllava_hermes.recipes.train.dpo import main
 from ppllava_hermes.training import (
     DataError,
@@ -22,7 +30,6 @@ from ppllava_hermes.training import (
 from ppllava_hermes.training.build import load_vlm
 
 torch.set_num_threads(1)
-pytestmark = pytest.mark.filterwarnings("ignore:.*(gradient_checkpointing|is_gradient_checkpointing).*:FutureWarning")
 
 BASE = ["--model", "tiny:qwen2_5_vl", "--clip", "tiny", "--pool-kernel", "1,2,2", "--pool-adapter-dim", "8",
         "--batch-size", "2", "--lr", "1e-2", "--warmup-ratio", "0", "--threads", "1", "--logging-steps", "1",
@@ -54,6 +61,8 @@ def test_unreadable_video_is_reported_with_its_row():
         VideoPreferenceCollator(adapter, make_video_loader(store), DataErrorLog("fail"))(rows)
 
 
+# The deprecated checkpointing names (transformers 5.24) must not be used by the recipe nor by TRL on our model.
+@pytest.mark.filterwarnings("error:.*(gradient_checkpointing|is_gradient_checkpointing).*:FutureWarning")
 def test_dpo_steps_train_the_pooling_and_resume(tmp_path):
     out = tmp_path / "run"
 
@@ -62,6 +71,14 @@ def test_dpo_steps_train_the_pooling_and_resume(tmp_path):
 
     first = main(args(2))
     trainer = first.trainer
+    # TRL prepares the dataset its own way (EOS appended to "chosen" / "rejected", text-only tokens); the
+    # collator reads the untouched copies, so its batch is the one of the original rows.
+    rows, _ = preference_rows(shapesworld_examples("train", 8, mc_fraction=1.0))
+    prepared = [trainer.train_dataset[i] for i in range(2)]
+    assert [r["chosen_text"] for r in prepared] == [r["chosen"] for r in rows[:2]]
+    collator = trainer.data_collator
+    assert torch.equal(collator(prepared)["input_ids"], collator(rows[:2])["input_ids"])
+    assert torch.equal(collator(prepared)["completion_mask"], collator(rows[:2])["completion_mask"])
     assert trainer.state.global_step == 2
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
@@ -92,6 +109,17 @@ def test_dpo_steps_train_the_pooling_and_resume(tmp_path):
     for k in pooling:
         assert torch.equal(seen.model[k], policy[k]), k
 
+    # Trainer's resume calls model.load_state_dict(checkpoint, False): the trained subset loads strictly
+    saved = load_file(str(out / "checkpoint-2" / "model.safetensors"))
+    assert set(saved) == set(first.policy.trained_state_dict())
+    assert first.policy.load_state_dict(saved, False).missing_keys == []
+    dropped = dict(saved)
+    dropped.pop(next(k for k in saved if ".pooling." in k))
+    with pytest.raises(KeyError, match="trained tensors missing"):
+        first.policy.load_state_dict(dropped, False)
+    with pytest.raises(KeyError, match="unexpected"):
+        first.policy.load_state_dict({**saved, "backbone.core.nonsense": torch.zeros(1)}, False)
+
 
 class AtTrainBegin(TrainerCallback):
     """What a resumed Trainer holds when training (re)starts: step, optimizer, scheduler, pooling."""
@@ -101,6 +129,33 @@ class AtTrainBegin(TrainerCallback):
         self.optimizer = copy.deepcopy(optimizer.state_dict())
         self.scheduler = lr_scheduler.state_dict()
         self.model = {k: v.clone() for k, v in model.core.state_dict().items() if k.startswith("pooling.")}
+
+
+def test_checkpointing_flag_goes_under_the_installed_config_name_without_a_warning(tmp_path):
+    from dataclasses import dataclass
+
+    from trl import DPOConfig
+
+    kwargs = checkpointing_kwargs(DPOConfig, False)
+    names = {f.name for f in fields(DPOConfig)}
+    assert list(kwargs) == ["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        config = DPOConfig(output_dir=str(tmp_path), report_to=[], bf16=False, use_cpu=True, **kwargs)
+    assert config.gradient_checkpointing is False  # TRL's own default is True: ours wins, under either name
+    assert getattr(config, "activation_checkpointing", False) is False
+
+    @dataclass
+    class Old:  # transformers < 5.24
+        gradient_checkpointing: bool = False
+
+    @dataclass
+    class Neither:
+        x: int = 0
+
+    assert checkpointing_kwargs(Old, True) == {"gradient_checkpointing": True}
+    with pytest.raises(TypeError, match="Neither has no activation checkpointing flag"):
+        checkpointing_kwargs(Neither, False)
 
 
 def test_dpo_reads_a_preference_file_and_reports_bad_rows(tmp_path):

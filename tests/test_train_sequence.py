@@ -62,7 +62,8 @@ def test_teacher_forced_logits_equal_the_sessions(family):
     q = model.adapter.tokenize(model.adapter.question_text(ex.question))
     ids = answer_ids(model.adapter, ex.answer)
     with torch.no_grad():
-        logits, _ = session._run(model.adapter.text_segment(torch.cat([q, ids]), session.next_position, TokenKind.TEXT))
+        logits, _ = session.engine.prefill(
+            model.adapter.text_segment(torch.cat([q, ids]), session.next_position, TokenKind.TEXT))
     ref = logits[0, len(q) - 1 : len(q) - 1 + len(ids)]
     torch.testing.assert_close(out.logits[0, : len(ids)], ref, atol=1e-4, rtol=1e-4)
     # the same prompt in another row (DPO's rejected row) has the same first-token logits

@@ -152,3 +152,28 @@ def test_projector_and_lora_train_and_the_trained_folder_reloads(tmp_path):
                                 [e.clip_query for e in examples], [(i, e.answer) for i, e in enumerate(examples)])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, result.model.eval()(**batch).logits)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state whose precision cannot change once set: start and end clean."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize(("env", "flag", "expected"), [("bf16", None, "bf16"), ("bf16", "no", "no"),
+                                                      (None, None, "no"), (None, "bf16", "bf16")])
+def test_mixed_precision_comes_from_the_launcher_unless_the_flag_is_given(tmp_path, monkeypatch,
+                                                                           fresh_accelerate_state, env, flag, expected):
+    from ppllava_hermes.recipes.train.finetune_pooling import build_accelerator
+
+    if env is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:  # what `accelerate launch --mixed_precision bf16` sets for the script
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", env)
+    argv = BASE + ["--train-data", "shapesworld:2", "--out", str(tmp_path)] + (["--mixed-precision", flag] if flag else [])
+    accelerator = build_accelerator(parse_args(argv), tmp_path)
+    assert accelerator.mixed_precision == expected

@@ -1,7 +1,7 @@
 """The ``ppllava-hermes eval`` command (also ``ppllava-hermes bench run_eval``): arguments and the run.
 
-Parsing needs only the standard library, so ``--help`` is instant; the model, torch and the
-protocols load when a run starts. Under ``accelerate launch`` each process answers its share of
+Parsing needs no torch (only the registries of ``plugins`` and ``specs``), so ``--help`` is quick; the
+model, torch and the protocols load when a run starts. Under ``accelerate launch`` each process answers its share of
 the videos and the main process writes the report.
 """
 
@@ -11,7 +11,8 @@ import argparse
 import shlex
 import sys
 
-from ..cli import kernel_arg
+from .. import plugins
+from ..specs import kernel_arg, model_help, relevance_help
 
 CONFIG_NAMES = "full, uniform (or uniform-N for N frames), window, sink, hermes, pooling, hermes+pooling"
 
@@ -57,10 +58,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                            "through the video reader (default auto)")
 
     model = p.add_argument_group("model and configurations")
-    model.add_argument("--model", default="tiny-qwen2.5-vl",
-                       help="checkpoint folder of a Qwen2.5-VL / Qwen2-VL / LLaVA-OneVision model, 'shapesworld' for "
-                            "the shipped ShapesWorld model, or tiny-qwen2.5-vl / tiny-llava-onevision (random weights; "
-                            "default tiny-qwen2.5-vl)")
+    model.add_argument("--model", default="tiny-qwen2.5-vl", help=f"{model_help()}. Default: tiny-qwen2.5-vl")
     model.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: CPU)")
     model.add_argument("--configs", type=_csv(str), default=["full"],
                        help=f"configurations to compare, comma-separated: {CONFIG_NAMES} (default full)")
@@ -75,9 +73,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                             "prompt). Default avg")
     model.add_argument("--pool-kernel", type=kernel_arg, default=(2, 3, 3),
                        help="pooling kernel T,H,W over the model's token grid (default 2,3,3, the reference)")
-    model.add_argument("--clip", default=None,
-                       help="CLIP-family relevance model folder for --pool-mode prompt (default: the shipped "
-                            "ShapesWorld CLIP)")
+    model.add_argument("--clip", default=None, help=f"--pool-mode prompt: {relevance_help()}")
     model.add_argument("--standing-query", default=None, help="streaming prompt pooling against this query")
 
     proto = p.add_argument_group("protocol")
@@ -96,7 +92,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                             "temporal group of the model)")
     proto.add_argument("--forward-tolerance", type=float, default=2.0,
                        help="seconds after the event a forward answer may come (a record's own wins; default 2)")
-    proto.add_argument("--prompt-style", default="auto", choices=["auto", "letters", "words", "plain"],
+    proto.add_argument("--prompt-style", default="auto", choices=["auto", "letters", *plugins.PROMPT_STYLES.names(), "plain"],
                        help="how options are shown: letters ('A. text' lines), words (ShapesWorld), plain (none); "
                             "auto: words for ShapesWorld, letters otherwise")
     proto.add_argument("--judge", action="store_true",

@@ -36,19 +36,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import plugins
 from ..memory import POLICIES, MemoryPolicy, make_policy
 from ..models.base import VLMAdapter
 from ..pooling import PoolingConfig, PromptGuidedPooling
 from ..streaming import Answer, GenerationConfig, StreamConfig, StreamingSession
 from ..streaming.offline import OfflineVideoQA
-from ..streaming.pooling_stage import PoolingStage, load_scorer, pool_visual
+from ..streaming.pooling_stage import PoolingStage, pool_visual
 from .frames import VideoSource
 from .records import QARecord
 from .scoring import JudgeError, normalize_answer, parse_choice, score_open
 
 PROTOCOLS = ("offline", "streaming")
 POOLING_MODES = ("none", "avg", "prompt")
-PROMPT_STYLES = ("auto", "letters", "words", "plain")
+def prompt_styles() -> tuple[str, ...]:
+    """Every ``prompt_style`` accepted: the evaluator's own ("auto", "letters", "plain") and those plugins
+    register (``plugins.PROMPT_STYLES``; ShapesWorld: "words")."""
+    return ("auto", "letters", *plugins.PROMPT_STYLES.names(), "plain")
 
 
 class CausalityError(RuntimeError):
@@ -157,8 +161,8 @@ class ProtocolConfig:
             raise ValueError(f"poll_frames must be >= 1, got {self.poll_frames}")
         if self.forward_tolerance < 0:
             raise ValueError(f"forward_tolerance must be >= 0, got {self.forward_tolerance}")
-        if self.prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"prompt_style {self.prompt_style!r} not in {PROMPT_STYLES}")
+        if self.prompt_style not in prompt_styles():
+            raise ValueError(f"prompt_style {self.prompt_style!r} not in {prompt_styles()}")
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -243,15 +247,21 @@ def process_memory() -> tuple[int, int]:
 
 
 def format_prompt(record: QARecord, style: str = "auto") -> str:
-    """The text asked for a record (see :attr:`ProtocolConfig.prompt_style`)."""
+    """The text asked for a record (see :attr:`ProtocolConfig.prompt_style`).
+
+    "auto" is the record's benchmark's own style when a plugin owns the benchmark (ShapesWorld:
+    "words"), else "letters"; a style a plugin registers formats the record itself.
+    """
     if style == "auto":
-        style = "words" if record.benchmark == "shapesworld" else "letters"
+        owned = plugins.BENCHMARKS.get(record.benchmark)
+        style = owned.prompt_style if owned is not None else "letters"
     if style == "plain" or not record.options:
         return record.question
-    if style == "words":
-        from ..world.model import prompt_for
-
-        return prompt_for(record)
+    if style != "letters":
+        formatter = plugins.PROMPT_STYLES.get(style)
+        if formatter is None:
+            raise ValueError(f"prompt style {style!r}: no plugin registers it; known: {', '.join(prompt_styles())}")
+        return formatter(record)
     letters = "\n".join(f"{chr(ord('A') + i)}. {o}" for i, o in enumerate(record.options))
     return f"{record.question}\n{letters}\nAnswer with the option's letter from the given choices directly."
 
@@ -316,8 +326,7 @@ class Engine:
         adapter: the VLM adapter.
         method: the configuration (memory policy + pooling).
         settings: the protocol settings.
-        scorer: a ``RelevanceScorer`` for prompt pooling (None with ``pooling="prompt"``: the shipped
-            ShapesWorld CLIP is loaded).
+        scorer: a ``RelevanceScorer``, required by ``pooling="prompt"`` (``specs.load_relevance`` builds one).
         judge: optional LLM judge for open answers (``scoring.OpenAIJudge``).
     """
 
@@ -329,7 +338,8 @@ class Engine:
         self.judge = judge
         self.scorer = scorer
         if method.pooling == "prompt" and scorer is None:
-            self.scorer = load_scorer(None, frames_per_token=adapter.frames_per_group)
+            raise ValueError(f"configuration {method.name!r}: prompt pooling needs a relevance scorer "
+                             f"(--clip, or a model with its own)")
         self.stream_pooling = self._stream_pooling()
         self.generation = GenerationConfig(max_new_tokens=settings.max_new_tokens)
         self.system_tokens = len(adapter.tokenize(adapter.prefix_text()))
@@ -409,10 +419,10 @@ AskHook = Callable[[StreamingSession, QARecord, float], None]
 
 
 def _check_causal(session: StreamingSession, record: QARecord, t: float) -> None:
-    if session.frame_log and session.frame_log[-1][1] > t + 1e-9:
+    last = session.last_frame_time
+    if last is not None and last > t + 1e-9:
         raise CausalityError(
-            f"record {record.qid!r} asked at {t:.3f}s but frame {session.frame_log[-1][0]} at "
-            f"{session.frame_log[-1][1]:.3f}s is already in memory"
+            f"record {record.qid!r} asked at {t:.3f}s but the frame at {last:.3f}s is already in the stream"
         )
 
 
@@ -603,8 +613,7 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
             buf_times.clear()
 
     def ask(record: QARecord, prompt: str, t: float) -> Answer:
-        feed()
-        session.flush()  # a partial temporal group goes in now (ask would do it): the log is what it sees
+        feed()  # a partial temporal group stays pending: ask() sees it without changing the memory
         _check_causal(session, record, t)
         if on_ask is not None:
             on_ask(session, record, t)
@@ -620,7 +629,7 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
         )
         if not fired:
             return False
-        rt = session.frame_log[-1][1] if session.frame_log else t
+        rt = session.last_frame_time if session.last_frame_time is not None else t
         ok = window is not None and window[0] - 1e-9 <= rt <= window[1] + 1e-9
         if "ground_truth_time" in fw.record.extra and not fw.record.extra.get("event_time"):
             ok = ok and score_answer(fw.record, fw.last.text, engine.judge)  # proactive: content too

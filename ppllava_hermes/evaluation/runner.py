@@ -25,22 +25,21 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..plugins import BENCHMARKS
 from .frames import SOURCE_MODES, SourceResolver
 from .loaders import canonical_name, load_benchmark
 from .protocols import (
-    PROMPT_STYLES,
     PROTOCOLS,
     AskHook,
     Engine,
     MethodConfig,
     ProtocolConfig,
     RecordResult,
+    prompt_styles,
     run_offline,
     run_streaming,
 )
 from .records import TASK_KINDS, QARecord
-
-TINY_MODELS = ("tiny-qwen2.5-vl", "tiny-llava-onevision")
 
 #: Configuration presets: name -> MethodConfig fields. "pooling" presets take ``EvalConfig.pool_mode``.
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
@@ -78,12 +77,12 @@ class EvalConfig:
     """One evaluation run: a benchmark, a protocol, a configuration and a model.
 
     Attributes:
-        benchmark: a loader name (``loaders.BENCHMARKS``) or "shapesworld".
+        benchmark: a loader name (``loaders.BENCHMARKS``) or a plugin's (``plugins.BENCHMARKS``: "shapesworld").
         annotations: the benchmark's annotation file (ShapesWorld: a JSON list of records written by
             :func:`save_records`; None generates ``world_videos`` videos of ``world_duration`` s).
         videos: folder that the records' video paths are relative to.
         answers: separate answers file (EgoSchema, ActivityNet-QA); subset: StreamingBench / VCGBench.
-        model: checkpoint folder or hub name, "shapesworld", or a tiny random model name.
+        model: a model spec (``specs.load_model``: checkpoint folder, hub id, or a registered name).
         protocol: "offline" or "streaming".
         config: configuration name (:data:`CONFIGURATIONS`, aliases, "uniform-N").
         memory: memory policy overriding the configuration's; budget: visual tokens per layer.
@@ -94,7 +93,8 @@ class EvalConfig:
         limit: evaluate the first N records (after the task-kind filter).
         task_kinds: keep only these task kinds (empty: all).
         frame_source: "auto", "world" or "file" (see ``frames.SourceResolver``).
-        clip: relevance model folder for prompt pooling (None: the shipped ShapesWorld CLIP).
+        clip: relevance spec for prompt pooling (``specs.load_relevance``; None: the model's own, an
+            error for a model that has none).
         standing_query: streaming prompt pooling against this query.
         judge: score open answers with the LLM judge configured by PPLLAVA_JUDGE_* variables.
         device: torch device.
@@ -134,8 +134,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         self.config, _ = resolve_configuration(self.config)
-        if self.benchmark.lower() == "shapesworld":
-            self.benchmark = "shapesworld"
+        if self.benchmark.lower() in BENCHMARKS:  # a plugin's benchmark (ShapesWorld): no file needed
+            self.benchmark = BENCHMARKS.canonical(self.benchmark.lower())
         else:
             self.benchmark = canonical_name(self.benchmark)
             if self.annotations is None:
@@ -144,8 +144,8 @@ class EvalConfig:
             raise ValueError(f"protocol {self.protocol!r} not in {PROTOCOLS}")
         if self.pool_mode not in ("avg", "prompt"):
             raise ValueError(f"pool_mode {self.pool_mode!r} not in ('avg', 'prompt')")
-        if self.prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"prompt_style {self.prompt_style!r} not in {PROMPT_STYLES}")
+        if self.prompt_style not in prompt_styles():
+            raise ValueError(f"prompt_style {self.prompt_style!r} not in {prompt_styles()}")
         if self.frame_source not in SOURCE_MODES:
             raise ValueError(f"frame_source {self.frame_source!r} not in {SOURCE_MODES}")
         self.task_kinds = tuple(self.task_kinds)
@@ -213,29 +213,21 @@ class EvalRun:
 
 
 def build_model_adapter(model: str, device: str | None = None):
-    """``--model``: a tiny random model name, "shapesworld" (the shipped model), or a checkpoint."""
-    from ..models import adapter_for_model, load_adapter
+    """The adapter of a ``--model`` spec (``specs.load_model``); ``specs.SpecError`` on a bad spec."""
+    from ..specs import load_model
 
-    if model in TINY_MODELS:
-        from .. import testing
-
-        build = testing.tiny_qwen2_5_vl if model == "tiny-qwen2.5-vl" else testing.tiny_llava_onevision
-        net, tok = build()
-        return adapter_for_model(net, tok)
-    if model == "shapesworld":
-        from ..world.model import load_shapesworld_adapter
-
-        return load_shapesworld_adapter(device=device)
-    return load_adapter(model, device=device)
+    return load_model(model, device=device)
 
 
 def build_scorer(config: EvalConfig, adapter) -> Any:
-    """The relevance model for prompt pooling (None when no configuration needs one)."""
+    """The relevance model for prompt pooling (None when no configuration needs one): ``config.clip``,
+    else the model's own; ``specs.SpecError`` naming ``--clip`` when the model has none."""
     if config.method().pooling != "prompt":
         return None
-    from ..streaming.pooling_stage import load_scorer
+    from ..specs import load_relevance, relevance_spec
 
-    return load_scorer(config.clip, frames_per_token=adapter.frames_per_group)
+    spec = relevance_spec(config.model, config.clip, needs="--pool-mode prompt")
+    return load_relevance(spec, frames_per_token=adapter.frames_per_group)
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -257,15 +249,11 @@ def load_records_json(path: str | Path) -> list[QARecord]:
 
 
 def load_records(config: EvalConfig) -> tuple[list[QARecord], list[dict[str, Any]], list[Any]]:
-    """``(records, skipped, worlds)`` for a config: loaded from its annotation file or generated."""
-    if config.benchmark == "shapesworld":
-        if config.annotations:
-            return load_records_json(config.annotations), [], []
-        from ..world.tasks import make_split
-
-        split = make_split(config.world_split, config.world_videos, config.world_duration,
-                           seed_base=config.world_seed)
-        return split.records, [], split.worlds
+    """``(records, skipped, videos)`` for a config: a plugin's benchmark loads its own (ShapesWorld: its
+    annotation file or a generated split, whose worlds come back as ``videos``), others their annotation file."""
+    owned = BENCHMARKS.get(config.benchmark)
+    if owned is not None:
+        return owned.load(config)
     kw = {k: v for k, v in (("answers_path", config.answers), ("subset", config.subset)) if v is not None}
     loaded = load_benchmark(config.benchmark, config.annotations, config.videos, **kw)
     skipped = [asdict(s) for s in loaded.skipped]
@@ -302,13 +290,49 @@ def merge_results(parts: Iterable[Sequence[RecordResult]], expected: int | None 
     return merged
 
 
+def _accelerator_backend_available() -> bool:
+    """Whether accelerate would start a device process group here (NCCL, XCCL, HCCL, ...).
+
+    ``accelerate launch --cpu`` (``ACCELERATE_USE_CPU``) asks for CPU processes even where a device is
+    present. Apple's MPS has no process group backend in accelerate: it counts as no accelerator.
+    """
+    from accelerate import utils as accel_utils
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return False
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    for name in ("is_npu_available", "is_mlu_available", "is_musa_available", "is_sdaa_available",
+                 "is_hpu_available", "is_neuron_available"):
+        check = getattr(accel_utils, name, None)
+        if check is not None and check():
+            return True
+    xpu, xccl = getattr(accel_utils, "is_xpu_available", None), getattr(accel_utils, "is_xccl_available", None)
+    return bool(xpu is not None and xpu() and (xccl is None or xccl()))
+
+
 def process_shard() -> tuple[int, int]:
-    """``(process index, number of processes)`` under ``accelerate launch``; ``(0, 1)`` otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """``(process index, number of processes)`` under ``accelerate launch`` / ``torchrun``; ``(0, 1)`` otherwise.
+
+    On a host without an accelerator the process group is created with ``PartialState(cpu=True)``
+    (gloo): without it accelerate sees no distributed setup, every process reports itself as the only
+    one, and each answers every record. Raises ``RuntimeError`` when the launcher's ``WORLD_SIZE``
+    and the process group disagree, rather than evaluating every record in every process.
+    """
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if expected <= 1:
         return 0, 1
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not _accelerator_backend_available())
+    if state.num_processes != expected:
+        raise RuntimeError(
+            f"WORLD_SIZE is {expected} but accelerate set up {state.num_processes} process(es) "
+            f"({state.distributed_type}): launch with `accelerate launch` or `torchrun`"
+        )
     return state.process_index, state.num_processes
 
 

@@ -15,12 +15,19 @@ positions, chunk by chunk, as in the streaming session. So:
   returns the hidden states of that window, so TRL's fused log-prob head (``add_fused_lm_head``:
   ``base_model(...)`` then ``lm_head`` on the positions with labels) and all of TRL's loss and metric
   code run unchanged. Its ``save_pretrained`` writes only the trained tensors.
-* :class:`VideoDPOTrainer` subclasses ``DPOTrainer`` minimally, for three reasons: (1)
-  ``_prepare_dataset`` is skipped because it tokenizes ``prompt + chosen`` as text-only sequences
-  (and appends EOS to the strings), which our collator does itself on the real sequence; (2)
-  ``remove_unused_columns`` must stay False so the ``video`` column reaches the collator; (3)
-  ``_load_from_checkpoint`` loads the trained-tensor subset strictly (Trainer's default would warn
-  about every frozen VLM weight missing from the checkpoint).
+* :class:`VideoDPOTrainer` subclasses ``DPOTrainer`` through public methods only (``__init__`` and
+  ``evaluate``): it checks the settings video DPO needs (``remove_unused_columns=False`` so the
+  ``video`` column reaches the collator, an explicit ``ref_model``) and gives each dataset untouched
+  copies of the answers (``chosen_text`` / ``rejected_text``). TRL's own dataset preparation then runs
+  as it likes (it appends EOS to ``chosen`` / ``rejected`` and tokenizes them as text-only sequences);
+  the collator reads the copies and tokenizes the real sequence itself, so nothing TRL does to its
+  columns reaches the model.
+* Resuming goes through Trainer's own checkpoint loading: it calls ``model.load_state_dict(state,
+  False)`` on the trained-tensor checkpoint, and :meth:`VideoDPOModel.load_state_dict` loads that subset
+  strictly (a trained tensor missing raises) without reporting the frozen VLM weights, absent by design,
+  as missing.
+* :func:`checkpointing_kwargs` spells the activation-checkpointing flag the way the installed config
+  does (``activation_checkpointing`` from transformers 5.24, ``gradient_checkpointing`` before).
 
 Use :func:`reference_model` for the frozen reference: it shares the frozen VLM with the policy
 (copies it only when VLM weights train: projector or LoRA) and copies pooling and CLIP.
@@ -29,11 +36,13 @@ Use :func:`reference_model` for the frozen reference: it shares the frozen VLM w
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
@@ -44,7 +53,37 @@ from ..training.model import PooledVideoLM, collate_video_batch
 from ..training.trainable import TrainableConfig, save_trained, trainable_state_dict
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected", "video")
+#: ``answer column -> its untouched copy`` that the collator reads (TRL rewrites the answer columns).
+RAW_ANSWER_COLUMNS = {"chosen": "chosen_text", "rejected": "rejected_text"}
 WEIGHTS_NAME = "model.safetensors"
+CHECKPOINTING_FLAGS = ("activation_checkpointing", "gradient_checkpointing")
+
+
+def checkpointing_kwargs(config_class: type, enabled: bool) -> dict[str, bool]:
+    """``{flag: enabled}`` for a Trainer config class, under the name its dataclass fields use.
+
+    transformers 5.24 renamed ``TrainingArguments.gradient_checkpointing`` to ``activation_checkpointing``
+    (the old name is a deprecated alias, removed in v6, and passing it warns); earlier releases have only
+    the old name. Raises ``TypeError`` when the class has neither.
+    """
+    names = {f.name for f in dataclasses.fields(config_class)}
+    for name in CHECKPOINTING_FLAGS:
+        if name in names:
+            return {name: enabled}
+    raise TypeError(f"{config_class.__name__} has no activation checkpointing flag ({' / '.join(CHECKPOINTING_FLAGS)})")
+
+
+def with_raw_answers(dataset: Any, dataset_name: str = "train") -> Any:
+    """``dataset`` (a ``datasets.Dataset``) with ``chosen_text`` / ``rejected_text`` copies of its answers
+    where it lacks them; raises ``ValueError`` when a column of :data:`REQUIRED_COLUMNS` is missing."""
+    columns = list(dataset.column_names or [])
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(f"{dataset_name} dataset lacks column(s) {missing}; needs {list(REQUIRED_COLUMNS)}")
+    todo = {src: dst for src, dst in RAW_ANSWER_COLUMNS.items() if dst not in columns}
+    if not todo:
+        return dataset
+    return dataset.map(lambda row: {dst: row[src] for src, dst in todo.items()})
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -79,12 +118,16 @@ def preference_rows(examples: list[VideoQAExample]) -> tuple[list[dict], dict[st
         if ex.frames is not None:
             store[ex.video] = VideoInput(ex.frames, ex.timestamps)
         rows.append({"prompt": ex.question, "chosen": ex.answer, "rejected": ex.rejected, "video": ex.video,
+                     "chosen_text": ex.answer, "rejected_text": ex.rejected,
                      "clip_query": ex.clip_query, "source": ex.source, "line": -1 if ex.line is None else ex.line})
     return rows, store
 
 
 class VideoPreferenceCollator:
     """TRL preference rows -> a ``PooledVideoLM`` batch with ``2B`` rows (module doc).
+
+    The answers come from ``chosen_text`` / ``rejected_text`` where a row has them (the copies that TRL's
+    dataset preparation leaves alone), else from ``chosen`` / ``rejected``.
 
     Args:
         adapter: the VLM adapter (tokenizer, chat format).
@@ -118,8 +161,8 @@ class VideoPreferenceCollator:
             videos.append(video)
             questions.append(ex["prompt"])
             queries.append(ex.get("clip_query") or question_only(ex["prompt"]))
-            chosen.append(ex["chosen"])
-            rejected.append(ex["rejected"])
+            chosen.append(ex.get(RAW_ANSWER_COLUMNS["chosen"]) or ex["chosen"])
+            rejected.append(ex.get(RAW_ANSWER_COLUMNS["rejected"]) or ex["rejected"])
         if not videos:
             raise ValueError(f"no readable video in a batch of {len(examples)} preference rows ({self.errors.summary()})")
         rows = [(i, c) for i, c in enumerate(chosen)] + [(i, r) for i, r in enumerate(rejected)]
@@ -177,6 +220,35 @@ class VideoDPOModel(PreTrainedModel):
         out = self.core(input_ids, **batch)
         return CausalLMOutput(logits=out.logits, loss=out.loss)
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Always False (this wrapper does not checkpoint activations). TRL reads this deprecated name;
+        answering here keeps transformers' deprecation warning for it out of every reference forward."""
+        return False
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        """Always False (``supports_gradient_checkpointing`` is False)."""
+        return False
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load a full state dict as ``nn.Module`` does, or this wrapper's checkpoint: the trained tensors only.
+
+        A checkpoint (:meth:`save_pretrained`, what Trainer's resume passes with ``strict=False``) must hold
+        every trained tensor and nothing this model lacks, else ``KeyError``; the frozen weights it leaves out
+        by design are not reported as missing.
+        """
+        own = set(self.state_dict(keep_vars=True))
+        given = set(state_dict)
+        if given >= own:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        missing, unexpected = set(self.trained_state_dict()) - given, given - own
+        if missing or unexpected:
+            raise KeyError(f"checkpoint state: trained tensors missing {sorted(missing)[:5]}, "
+                           f"unexpected keys {sorted(unexpected)[:5]}")
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        return type(result)([], list(result.unexpected_keys))
+
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """Trained tensors (and the pooling's state) under this wrapper's names."""
         return {f"backbone.core.{k}": v for k, v in trainable_state_dict(self.core).items()}
@@ -219,37 +291,33 @@ def reference_model(policy: VideoDPOModel) -> VideoDPOModel:
 
 # ---- trainer -------------------------------------------------------------------------------------
 class VideoDPOTrainer(DPOTrainer):
-    """``DPOTrainer`` for :class:`VideoDPOModel` with :class:`VideoPreferenceCollator` (see module doc for
-    the three overrides). Everything else, the loss, the reference forward, metrics and logging, is TRL's.
+    """``DPOTrainer`` for :class:`VideoDPOModel` with :class:`VideoPreferenceCollator` (module doc): public
+    methods only. Everything else, dataset preparation, the loss, the reference forward, metrics,
+    logging and checkpoints, is TRL's and Trainer's.
     """
 
     def __init__(self, model: VideoDPOModel, ref_model: VideoDPOModel, args, data_collator: VideoPreferenceCollator,
-                 train_dataset, **kwargs) -> None:
+                 train_dataset, eval_dataset=None, **kwargs) -> None:
         if args.remove_unused_columns:
             raise ValueError("video DPO needs DPOConfig(remove_unused_columns=False): the collator reads 'video'")
         if args.precompute_ref_log_probs:
             raise ValueError("precompute_ref_log_probs is not supported for video DPO: pass ref_model")
         if ref_model is None:
             raise ValueError("pass ref_model=reference_model(policy): TRL cannot rebuild a video model by name")
+        train_dataset = with_raw_answers(train_dataset, "train")
+        eval_dataset = self._with_raw_answers(eval_dataset)
         super().__init__(model=model, ref_model=ref_model, args=args, data_collator=data_collator,
-                         train_dataset=train_dataset, **kwargs)
+                         train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
 
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        # the collator tokenizes the real (video) sequence; TRL's text-only tokenization is not used
-        missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
-        if missing:
-            raise ValueError(f"{dataset_name} dataset lacks column(s) {missing}; needs {list(REQUIRED_COLUMNS)}")
-        return dataset
+    @staticmethod
+    def _with_raw_answers(eval_dataset):
+        if eval_dataset is None or isinstance(eval_dataset, str):
+            return eval_dataset
+        if isinstance(eval_dataset, dict):
+            return {name: with_raw_answers(ds, name) for name, ds in eval_dataset.items()}
+        return with_raw_answers(eval_dataset, "eval")
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        model = self.accelerator.unwrap_model(model if model is not None else self.model)
-        path = Path(resume_from_checkpoint) / WEIGHTS_NAME
-        if not path.is_file():
-            raise ValueError(f"Can't find a valid checkpoint at {resume_from_checkpoint} (no {WEIGHTS_NAME})")
-        state = load_file(str(path))
-        expected = set(model.trained_state_dict())
-        missing, unexpected = expected - set(state), set(state) - set(model.state_dict())
-        if missing or unexpected:
-            raise KeyError(f"checkpoint {resume_from_checkpoint}: missing {sorted(missing)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]}")
-        model.load_state_dict(state, strict=False)
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """``DPOTrainer.evaluate``; a dataset passed here gets the untouched answer copies first."""
+        return super().evaluate(eval_dataset=self._with_raw_answers(eval_dataset), ignore_keys=ignore_keys,
+                                metric_key_prefix=metric_key_prefix)

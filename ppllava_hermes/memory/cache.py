@@ -13,6 +13,20 @@ Two bookkeeping fields are assigned by :meth:`MemoryCache.commit`, not by the ca
 (which commit an entry came from: the system prompt, one visual chunk, one text run; re-indexing keeps
 a segment's internal position structure) and ``uids`` (the entry's index in the whole stream, the same
 in every layer, so that layers holding different entries can be lined up).
+
+The inherited ``Cache`` API, and what it does to the metadata:
+
+* ``crop(-n)`` and ``reset()`` keep keys, values and metadata in step (the last ``n`` entries dropped;
+  everything emptied). ``crop`` with a positive value raises ``ValueError`` (use :meth:`MemoryCache.truncate`).
+* ``model.generate(past_key_values=memory_cache)`` (or ``cache=`` from transformers 5.24) is refused
+  with ``NotImplementedError``: generate commits no metadata and computes positions from the physical
+  length (or stored ``rope_deltas``), which are not the stream's positions once entries were evicted or
+  re-indexed. Use ``StreamingSession.ask`` or a prefill/decode loop that passes explicit positions and
+  calls :meth:`MemoryCache.commit` after each forward; for plain generation, transformers' ``DynamicCache``.
+  Independently of generate, a forward into a layer that still holds uncommitted entries of an earlier
+  forward raises ``RuntimeError``.
+* batch-axis methods (``reorder_cache``, ``batch_select_indices``, ``batch_repeat_interleave``) leave the
+  metadata alone: it describes the sequence axis, shared by every row of the batch.
 """
 
 from __future__ import annotations
@@ -142,6 +156,40 @@ class MemoryLayer(DynamicLayer):
     def __len__(self) -> int:
         return self.frame_ids.shape[0]
 
+    # ---- the inherited Cache layer API, kept in step with the metadata --------------------------
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append keys and values (``DynamicLayer.update``), after checking that the previous forward's
+        entries were committed: a second forward on top of uncommitted entries (what ``generate`` and any
+        loop without :meth:`MemoryCache.commit` do) would leave the metadata behind for good."""
+        held = self.get_seq_length()
+        if held != len(self):
+            raise RuntimeError(
+                f"MemoryCache.update: this layer holds {held - len(self)} entries of an earlier forward that were "
+                "never committed; call MemoryCache.commit(meta) after each forward (model.generate() is not "
+                "supported: use StreamingSession.ask or your own prefill/decode loop, or DynamicCache)"
+            )
+        return super().update(key_states, value_states, *args, **kwargs)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last ``-tokens_to_remove`` entries, keys, values and metadata together (transformers'
+        convention: a negative count). A positive value raises ``ValueError``: use :meth:`truncate` to
+        cut to an absolute length."""
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"MemoryLayer.crop({tokens_to_remove}): pass a negative number of entries to remove, or use "
+                "MemoryCache.truncate(length) to keep the first `length` entries"
+            )
+        if tokens_to_remove == 0:
+            return
+        self.truncate(max(0, max(self.get_seq_length(), len(self)) - abs(int(tokens_to_remove))))
+
+    def reset(self) -> None:
+        """Empty the layer: keys, values and every metadata field (``DynamicLayer.reset`` would drop the
+        keys and values only, or zero them in place in older transformers, and leave the metadata)."""
+        self.keys = self.values = None
+        self.is_initialized = False
+        self.truncate(0)
+
 
 class MemoryCache(Cache):
     """A list of :class:`MemoryLayer` usable as ``past_key_values`` by any transformers 5.x model.
@@ -162,6 +210,33 @@ class MemoryCache(Cache):
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    # transformers' generate() marks the cache it was given (``cache._is_user_defined = True``) before its
+    # first forward: refusing there leaves the memory untouched.
+    @property
+    def _is_user_defined(self) -> bool:
+        return False
+
+    @_is_user_defined.setter
+    def _is_user_defined(self, value: bool) -> None:
+        raise NotImplementedError(
+            "MemoryCache does not support model.generate(): generate commits no metadata and computes positions "
+            "from the cache's physical length, which are wrong once entries are evicted or re-indexed. Use "
+            "StreamingSession.ask(), or a prefill/decode loop with explicit position_ids that calls "
+            "MemoryCache.commit() after each forward; for plain generation use transformers' DynamicCache."
+        )
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last ``-tokens_to_remove`` entries of every layer, metadata included (see
+        :meth:`MemoryLayer.crop`; a positive value raises ``ValueError``: use :meth:`truncate`)."""
+        for layer in self.layers:
+            layer.crop(tokens_to_remove)
+
+    def reset(self) -> None:
+        """Empty every layer, metadata included. The memory policy's own state (e.g. its system-prompt
+        length from ``setup``) is the caller's to reset."""
+        for layer in self.layers:
+            layer.reset()
 
     def commit(self, meta: TokenMeta) -> None:
         """Record the metadata of the ``len(meta)`` tokens the model just appended to every layer."""

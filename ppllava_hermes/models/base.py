@@ -95,37 +95,32 @@ def load_processors(path):
     return tokenizer, video_processor
 
 
-def text_meta(length: int, start: int, pos_dims: int, kind: TokenKind) -> TokenMeta:
+def text_meta(length: int, start: int, pos_dims: int, kind: TokenKind, frame_id: int = -1) -> TokenMeta:
     """Positions ``start .. start+length-1`` on every axis (text uses 1-D positions, copied per axis)."""
     pos = torch.arange(start, start + length, dtype=torch.long)
     return TokenMeta(
         positions=pos.unsqueeze(0).expand(pos_dims, -1).clone(),
-        frame_ids=torch.full((length,), -1, dtype=torch.long),
+        frame_ids=torch.full((length,), frame_id, dtype=torch.long),
         kinds=torch.full((length,), int(kind), dtype=torch.long),
     )
 
 
-class VLMAdapter(ABC):
-    """Base class of the per-family adapters. Subclasses wrap a HF ``...ForConditionalGeneration``."""
+class LMAdapter(ABC):
+    """The language-model half of an adapter: what the KV engine (``streaming/engine.py``) drives.
+
+    Tokenizing, text segments at explicit positions, one forward of the language model on a cache, the
+    RoPE spec, stop tokens and the ChatML prompt frame. Subclasses say where the HF text model lives and
+    which ``position_ids`` it takes (:meth:`lm_positions`).
+    """
 
     #: 3 for M-RoPE (t, h, w), 1 for 1-D RoPE.
     pos_dims: int = 1
-    #: frames consumed per temporal group (Qwen2.5-VL: 2).
-    frames_per_group: int = 1
-    #: how many trailing visual tokens are not on the grid (LLaVA-OneVision's newline).
     family: str = ""
 
-    def __init__(self, model, tokenizer, video_processor, system_prompt: str = "You are a helpful assistant.") -> None:
+    def __init__(self, model, tokenizer, system_prompt: str = "You are a helpful assistant.") -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.video_processor = video_processor
         self.system_prompt = system_prompt
-
-    def save_pretrained(self, path) -> None:
-        """Save model, tokenizer and video processor in one folder that ``from_pretrained`` reloads."""
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-        self.video_processor.save_pretrained(path)
 
     # ---- properties every family provides -------------------------------------------------------
     @property
@@ -138,18 +133,8 @@ class VLMAdapter(ABC):
 
     @property
     def language_model(self) -> torch.nn.Module:
-        """The HF text model inside ``...ForConditionalGeneration`` (both families nest it the same way)."""
-        return self.model.model.language_model
-
-    @classmethod
-    def _load(cls, model_cls, path, *, dtype, device, attn_implementation, **kwargs):
-        """Load ``model_cls`` from ``path`` with the tokenizer and video processor saved beside it."""
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        model = model_cls.from_pretrained(path, dtype=dtype, **extra).eval()
-        if device:
-            model = model.to(device)
-        tokenizer, video_processor = load_processors(path)
-        return cls(model, tokenizer, video_processor, **kwargs)
+        """The HF text model (the decoder stack without the LM head)."""
+        return self.model.model
 
     @property
     def text_config(self):
@@ -194,19 +179,13 @@ class VLMAdapter(ABC):
         """``(L,)`` ids -> ``(L, D)`` input embeddings."""
         return self.model.get_input_embeddings()(ids.to(self.device))
 
-    def text_segment(self, ids: torch.Tensor, start: int, kind: TokenKind = TokenKind.TEXT) -> Segment:
-        meta = text_meta(len(ids), start, self.pos_dims, kind)
+    def text_segment(self, ids: torch.Tensor, start: int, kind: TokenKind = TokenKind.TEXT,
+                     frame_id: int = -1) -> Segment:
+        """Text ``ids`` ``(L,)`` at positions ``start..start+L-1``; ``frame_id`` tags a text stream's chunk."""
+        meta = text_meta(len(ids), start, self.pos_dims, kind, frame_id)
         return Segment(self.embed_ids(ids), meta, start + len(ids))
 
     # ---- family-specific ------------------------------------------------------------------------
-    @abstractmethod
-    def encode_frames(self, frames: np.ndarray, timestamps: np.ndarray, first_frame_id: int) -> VisualTokens:
-        """``(T, H, W, 3)`` uint8 frames -> visual tokens; ``T`` must be a multiple of ``frames_per_group``."""
-
-    @abstractmethod
-    def visual_segment(self, visual: VisualTokens, start: int) -> Segment:
-        """Wrap a chunk's visual tokens (with the family's delimiters) into a segment at ``start``."""
-
     @abstractmethod
     def lm_positions(self, meta: TokenMeta) -> torch.Tensor:
         """The ``position_ids`` tensor the language model takes for one segment (batch 1)."""
@@ -236,3 +215,44 @@ class VLMAdapter(ABC):
             yield
         finally:
             config._attn_implementation = previous
+
+
+class VLMAdapter(LMAdapter):
+    """Base class of the per-family VLM adapters. Subclasses wrap a HF ``...ForConditionalGeneration``."""
+
+    #: frames consumed per temporal group (Qwen2.5-VL: 2).
+    frames_per_group: int = 1
+
+    def __init__(self, model, tokenizer, video_processor, system_prompt: str = "You are a helpful assistant.") -> None:
+        super().__init__(model, tokenizer, system_prompt)
+        self.video_processor = video_processor
+
+    def save_pretrained(self, path) -> None:
+        """Save model, tokenizer and video processor in one folder that ``from_pretrained`` reloads."""
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        self.video_processor.save_pretrained(path)
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        """The HF text model inside ``...ForConditionalGeneration`` (both families nest it the same way)."""
+        return self.model.model.language_model
+
+    @classmethod
+    def _load(cls, model_cls, path, *, dtype, device, attn_implementation, **kwargs):
+        """Load ``model_cls`` from ``path`` with the tokenizer and video processor saved beside it."""
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = model_cls.from_pretrained(path, dtype=dtype, **extra).eval()
+        if device:
+            model = model.to(device)
+        tokenizer, video_processor = load_processors(path)
+        return cls(model, tokenizer, video_processor, **kwargs)
+
+    # ---- family-specific: video -----------------------------------------------------------------
+    @abstractmethod
+    def encode_frames(self, frames: np.ndarray, timestamps: np.ndarray, first_frame_id: int) -> VisualTokens:
+        """``(T, H, W, 3)`` uint8 frames -> visual tokens; ``T`` must be a multiple of ``frames_per_group``."""
+
+    @abstractmethod
+    def visual_segment(self, visual: VisualTokens, start: int) -> Segment:
+        """Wrap a chunk's visual tokens (with the family's delimiters) into a segment at ``start``."""

@@ -1,10 +1,11 @@
-"""Streaming engine: a session that ingests frames into a KV memory and answers questions.
+"""Streaming: the KV engine (`engine`, no frames), the video session on top (`session`), chunking (`chunks`).
 
 ``sparsity`` holds the gates that keep unchanged or irrelevant frames out of the model.
 """
 
+from .engine import EngineStats, Generation, KVEngine
 from .session import Answer, GenerationConfig, IngestStats, StreamConfig, StreamingSession
 from .sparsity import NoveltyGate, RelevanceGate
 
-__all__ = ["Answer", "GenerationConfig", "IngestStats", "NoveltyGate", "RelevanceGate", "StreamConfig",
-           "StreamingSession"]
+__all__ = ["Answer", "EngineStats", "Generation", "GenerationConfig", "IngestStats", "KVEngine", "NoveltyGate",
+           "RelevanceGate", "StreamConfig", "StreamingSession"]

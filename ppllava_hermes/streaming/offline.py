@@ -14,6 +14,7 @@ import numpy as np
 from ..memory.policy import MemoryPolicy
 from ..models.base import VisualTokens, VLMAdapter
 from ..pooling import PromptGuidedPooling
+from .chunks import chunk_spans, encode_pooled, pad_to_group, span_frames
 from .pooling_stage import pool_visual
 from .session import Answer, GenerationConfig, StreamConfig, StreamingSession
 
@@ -53,19 +54,13 @@ class OfflineVideoQA:
         timestamps = np.asarray(timestamps, dtype=np.float64)
         if len(frames) == 0:
             raise ValueError("OfflineVideoQA.load(): no frames")
-        group = self.adapter.frames_per_group
-        step = max(group, self.config.chunk_frames // group * group)
-        missing = (-len(frames)) % group
-        if missing:  # same padding as the HF processor: repeat the last frame
-            frames = np.concatenate([frames, np.repeat(frames[-1:], missing, axis=0)])
-            timestamps = np.concatenate([timestamps, timestamps[-1] + 1e-6 * np.arange(1, missing + 1)])
-        real = len(frames) - missing
         self.chunks = []
-        for start in range(0, len(frames), step):
-            stop = min(start + step, len(frames))
-            visual = self.adapter.encode_frames(frames[start:stop], timestamps[start:stop], start)
+        for span in chunk_spans(len(frames), self.config.chunk_frames, self.adapter.frames_per_group):
+            f, t = span_frames(frames, timestamps, span)
+            visual = encode_pooled(self.adapter, f, t, span.start)
             self.encode_calls += 1
-            self.chunks.append(_Chunk(visual, timestamps[start:min(stop, real)], slice(start, stop)))
+            self.chunks.append(_Chunk(visual, t[: len(t) - span.pad], slice(span.start, span.stop + span.pad)))
+        frames, _, _ = pad_to_group(frames, timestamps, self.adapter.frames_per_group)
         self.clip_features = self.scorer.encode_video(frames) if self.scorer is not None else None
 
     def ask(self, question: str, generation: GenerationConfig | None = None) -> Answer:

@@ -68,9 +68,18 @@ class PoolingStage:
 
 
 def make_pooling_stage(adapter: VLMAdapter, *, mode: str, kernel: tuple[int, int, int] = (2, 3, 3),
-                       standing_query: str | None = None, clip: str | None = None,
+                       standing_query: str | None = None, scorer: object | None = None,
                        padding: str = "replicate") -> PoolingStage:
-    """Build the stage for the CLI's ``--pool`` mode ("avg" or "prompt")."""
+    """Build the stage for the CLI's ``--pool`` mode ("avg" or "prompt").
+
+    Args:
+        adapter: the VLM (its token grid is what is pooled).
+        mode: "avg" (3-D average pooling, no query) or "prompt" (weights from ``scorer``).
+        kernel: pooling kernel (T, H, W); reference (2, 3, 3).
+        standing_query: the query chunks are pooled against (prompt only; None: a generic prompt).
+        scorer: the ``RelevanceScorer`` of prompt pooling (``specs.load_relevance``); required by "prompt".
+        padding: how incomplete windows are handled (``PoolingConfig.padding``).
+    """
     pooling = PromptGuidedPooling(PoolingConfig(kernel=kernel, padding=padding))
     if mode == "avg":
         if standing_query:
@@ -78,26 +87,15 @@ def make_pooling_stage(adapter: VLMAdapter, *, mode: str, kernel: tuple[int, int
         return PoolingStage(pooling)
     if mode != "prompt":
         raise ValueError(f"unknown pooling mode {mode!r}: expected 'avg' or 'prompt'")
-    scorer = load_scorer(clip, frames_per_token=adapter.frames_per_group)
+    if scorer is None:
+        raise ValueError("--pool prompt needs a relevance scorer (--clip)")
     return PoolingStage(pooling, scorer, standing_query)
 
 
 def load_scorer(clip: str | None, frames_per_token: int = 1):
-    """A RelevanceScorer from ``clip``: a folder of an open_clip / HF CLIP / SigLIP model, or None for the
-    shipped ShapesWorld CLIP."""
-    from ..pooling.relevance import RelevanceConfig, RelevanceScorer
+    """A RelevanceScorer from a relevance spec (``specs.load_relevance``: a folder or hub id of an HF CLIP /
+    SigLIP, or a registered name); None is the ShapesWorld CLIP (``"shapesworld"``), the shorthand of the
+    ShapesWorld recipes. New code calls ``specs.load_relevance`` with an explicit spec."""
+    from ..specs import load_relevance
 
-    config = RelevanceConfig(frames_per_token=frames_per_token)
-    if clip is None:
-        from ..world.clip import load_world_clip
-
-        model, tokenizer = load_world_clip()
-        return RelevanceScorer(model, tokenizer, config=config)
-    from transformers import AutoModel, AutoProcessor
-
-    try:
-        model = AutoModel.from_pretrained(clip).eval()
-        processor = AutoProcessor.from_pretrained(clip)
-    except OSError as err:
-        raise ValueError(f"CLIP model {clip!r}: cannot load it ({err})") from None
-    return RelevanceScorer(model, processor.tokenizer, processor, config=config)
+    return load_relevance(clip if clip is not None else "shapesworld", frames_per_token=frames_per_token)

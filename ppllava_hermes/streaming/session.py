@@ -1,30 +1,34 @@
 """A streaming session: frames in, answers out, KV memory carried across the whole stream.
 
-The session drives a model adapter: it keeps the frame log, buffers frames into chunks, runs each
-chunk through the pooling stage and the language model into the memory, lets the memory policy
-compress, and answers questions with its own prefill/decode loop and explicit positions. After a
-question the memory returns exactly to its state before it, so the stream goes on.
+The video half on top of the KV engine (:mod:`.engine`, which knows nothing of frames): the session keeps
+the frame log, buffers frames into chunks of whole temporal groups, runs each chunk through encode ->
+pool -> gate (:meth:`StreamingSession.encode_chunk`, the one place that composition lives) and hands the
+segment to the engine, which prefills it, lets the memory policy compress, and answers questions inside a
+rollback. After a question the memory returns exactly to its state before it, so the stream goes on.
+
+Frames that do not fill a temporal group wait. A question asked then sees them: the partial group is
+padded (the HF processor's rule: repeat the last frame, +1 us each) and prefilled *inside the question's
+rollback*, and the lone frames stay pending, so what the memory holds never depends on when questions
+were asked. :meth:`StreamingSession.flush` pads and ingests for good (the end of a stream).
 """
 
 from __future__ import annotations
 
 import time
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from ..memory.cache import MemoryCache, TokenKind
-from ..memory.policy import AttentionProbe, CompressResult, FullCache, MemoryPolicy
-from ..models.base import Segment, VisualTokens, VLMAdapter
+from ..memory.cache import MemoryCache
+from ..memory.policy import AttentionProbe, MemoryPolicy
+from ..models.base import VisualTokens, VLMAdapter
 from ..video.types import VideoClip
+from .chunks import PoolingStage, encode_pooled, group_chunk_frames, pad_to_group
+from .engine import EngineStats, GenerationConfig, KVEngine
 from .sparsity import FrameGate, gate_segment
 
-#: a pooling stage: visual tokens of one chunk (+ the chunk's frames) -> visual tokens to keep.
-PoolingStage = Callable[[VisualTokens, np.ndarray], VisualTokens]
+__all__ = ["Answer", "GenerationConfig", "IngestStats", "PoolingStage", "StreamConfig", "StreamingSession"]
 
 
 @dataclass
@@ -49,26 +53,6 @@ class StreamConfig:
 
 
 @dataclass
-class GenerationConfig:
-    """Decoding settings for :meth:`StreamingSession.ask` (greedy unless ``do_sample``)."""
-
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-@dataclass
 class Answer:
     """An answer with the cost of producing it.
 
@@ -81,8 +65,10 @@ class Answer:
         kv_bytes: bytes of keys and values held when the question was asked.
         visual_tokens_seen: visual tokens that entered the LLM since the stream began.
         frames_seen: frames ingested before the question.
-        last_frame_time: timestamp (s) of the newest frame in memory, None before any frame.
+        last_frame_time: timestamp (s) of the newest frame the question saw, None before any frame.
         question_logits: ``(L_q, V)`` logits over the question prefill when requested.
+        question_cache_s: seconds spent building a question-time cache (offline replay, retrieval),
+            inside ``ttft_s``.
     """
 
     text: str
@@ -95,25 +81,23 @@ class Answer:
     frames_seen: int
     last_frame_time: float | None
     question_logits: torch.Tensor | None = None
+    question_cache_s: float = 0.0
 
 
 @dataclass
-class IngestStats:
-    """Totals over a session's ingest so far."""
+class IngestStats(EngineStats):
+    """Totals over a session's ingest so far: the engine's (prefill, compress, peak KV) and the video's."""
 
     frames: int = 0
     chunks: int = 0
     visual_tokens: int = 0
     encode_s: float = 0.0
-    prefill_s: float = 0.0
-    compress_s: float = 0.0
-    peak_kv_bytes: int = 0
-    compress_log: list[CompressResult] = field(default_factory=list)
     frames_skipped: int = 0  # frames a gate kept out entirely (they are still in the frame log)
 
 
+
 class StreamingSession:
-    """Query-agnostic streaming over one video stream with one model adapter."""
+    """Query-agnostic streaming over one video stream with one model adapter, on a :class:`KVEngine`."""
 
     def __init__(
         self,
@@ -124,28 +108,55 @@ class StreamingSession:
         gate: FrameGate | None = None,
     ) -> None:
         self.adapter = adapter
-        self.memory = memory or FullCache()
         self.pooling = pooling
         self.gate = gate  # dynamic sparsity after pooling (streaming/sparsity.py)
         self.config = config or StreamConfig()
-        group = adapter.frames_per_group
-        self.chunk_frames = max(group, self.config.chunk_frames // group * group)
-        self.rope = adapter.rope_spec()
-        self.memory.check_model(self.rope, adapter.num_layers)
+        self.chunk_frames = group_chunk_frames(self.config.chunk_frames, adapter.frames_per_group)
+        self.engine = KVEngine(adapter, memory, record_logits=self.config.record_logits)
+        self.memory = self.engine.memory
         self.reset()
+
+    # ---- the engine's state, read through the session ---------------------------------------------
+    @property
+    def cache(self) -> MemoryCache:
+        return self.engine.cache
+
+    @property
+    def next_position(self) -> int:
+        return self.engine.next_position
+
+    @property
+    def rope(self):
+        return self.engine.rope
+
+    @rope.setter
+    def rope(self, value) -> None:
+        self.engine.rope = value
+
+    @property
+    def logits_log(self) -> list[torch.Tensor]:
+        return self.engine.logits_log
+
+    @property
+    def last_frame_time(self) -> float | None:
+        """Timestamp (s) of the newest frame handed to the session, pending ones included."""
+        if self._pending_times:
+            return self._pending_times[-1]
+        return self.frame_log[-1][1] if self.frame_log else None
+
+    @property
+    def started(self) -> bool:
+        """Whether the system prompt is in the memory."""
+        return self.engine.started
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the stream: empty memory, frame log and statistics."""
-        self.cache = MemoryCache(self.adapter.num_layers, self.adapter.pos_dims)
-        self.next_position = 0
-        self._positions_warned = False
-        self.frame_log: list[tuple[int, float]] = []  # (frame id, timestamp) of every ingested frame
         self.stats = IngestStats()
-        self.logits_log: list[torch.Tensor] = []
+        self.engine.reset(self.stats)
+        self.frame_log: list[tuple[int, float]] = []  # (frame id, timestamp) of every ingested frame
         self._pending_frames: list[np.ndarray] = []
         self._pending_times: list[float] = []
-        self._started = False
         # Offline policies (memory.stores_frames): decoded frames kept for question time, T x H x W x 3 bytes.
         self._frame_store: list[np.ndarray] = []
         self._tokens_per_frame: int | None = None
@@ -158,31 +169,15 @@ class StreamingSession:
         Raises ``ValueError`` when the memory policy cannot run beside this system prompt (for example a
         budget smaller than it), so a caller can check a configuration before streaming anything.
         """
-        if not self._started:
-            self._start()
-
-    def _start(self) -> None:
-        ids = self.adapter.tokenize(self.adapter.prefix_text())
-        seg = self.adapter.text_segment(ids, self.next_position, TokenKind.SYSTEM)
-        self._run(seg)
-        self.memory.setup(self.cache, self.rope, num_system_tokens=len(seg))
-        self._started = True
-
-    # ---- the model step -------------------------------------------------------------------------
-    @torch.no_grad()
-    def _run(self, seg: Segment, output_attentions: bool = False):
-        logits, attentions = self.adapter.forward(seg.embeds, seg.meta, self.cache, output_attentions)
-        self.cache.commit(seg.meta)
-        self.next_position = seg.next_position
-        if self.config.record_logits:
-            self.logits_log.append(logits[0].detach().float().cpu())
-        return logits, attentions
+        self.engine.start(self.adapter.prefix_text())
 
     # ---- ingest ---------------------------------------------------------------------------------
     def add_frames(self, frames: np.ndarray | VideoClip, timestamps: np.ndarray | None = None) -> None:
         """Ingest frames ``(T, H, W, 3)`` uint8 with their timestamps (s), chunk by chunk.
 
-        Frames that don't fill a chunk's temporal group wait for the next call (or for ``ask``).
+        Frames that don't fill a chunk's temporal group wait for the next call (or for ``flush``). Every
+        frame must have the size of the ones before it in its temporal group. Raises ``ValueError`` on bad
+        input, before anything is ingested.
         """
         if isinstance(frames, VideoClip):
             frames, timestamps = frames.frames, frames.timestamps
@@ -194,6 +189,9 @@ class StreamingSession:
             raise ValueError(f"add_frames(): frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
         if len(timestamps) != len(frames):
             raise ValueError(f"add_frames(): {len(frames)} frames but {len(timestamps)} timestamps")
+        if len(timestamps) and not np.all(np.isfinite(timestamps)):
+            bad = timestamps[~np.isfinite(timestamps)][0]
+            raise ValueError(f"add_frames(): timestamps must be finite seconds, got {bad}")
         last = self._pending_times[-1] if self._pending_times else (self.frame_log[-1][1] if self.frame_log else None)
         if len(timestamps) and last is not None and timestamps[0] <= last:
             raise ValueError(
@@ -201,6 +199,7 @@ class StreamingSession:
             )
         if len(timestamps) > 1 and np.any(np.diff(timestamps) <= 0):
             raise ValueError("add_frames(): timestamps must be strictly increasing")
+        self._check_frame_sizes(frames)
         self._pending_frames.extend(frames)
         self._pending_times.extend(timestamps.tolist())
         while len(self._pending_frames) >= self.chunk_frames:
@@ -210,39 +209,53 @@ class StreamingSession:
         if whole:
             self._ingest(whole)
 
+    def _check_frame_sizes(self, frames: np.ndarray) -> None:
+        """Frames of one chunk are stacked: a size change is only allowed at a chunk boundary."""
+        if not len(frames):
+            return
+        pending = self._pending_frames
+        size = frames.shape[1:3]
+        if pending and pending[0].shape[:2] != size:
+            raise ValueError(
+                f"add_frames(): frame size changed from {pending[0].shape[1]}x{pending[0].shape[0]} to "
+                f"{size[1]}x{size[0]} inside a temporal group; resize frames to one size per stream"
+            )
+
     def flush(self) -> None:
-        """Ingest frames still waiting for a full temporal group, padding with the last frame."""
+        """Ingest frames still waiting for a full temporal group, padding with the last frame (end of stream)."""
         if not self._pending_frames:
             return
-        group = self.adapter.frames_per_group
-        missing = (-len(self._pending_frames)) % group
-        if missing:
-            # Same padding as the HF processor: repeat the last frame; it carries no new time.
-            self._pending_frames.extend([self._pending_frames[-1]] * missing)
-            step = 1e-6
-            self._pending_times.extend(self._pending_times[-1] + step * (i + 1) for i in range(missing))
-        self._ingest(len(self._pending_frames), padded=missing)
+        frames, times, padded = pad_to_group(np.stack(self._pending_frames), np.asarray(self._pending_times),
+                                             self.adapter.frames_per_group)
+        self._pending_frames, self._pending_times = [], []
+        self._ingest_frames(frames, times, padded)
 
-    def _ingest(self, n: int, padded: int = 0) -> None:
-        if not self._started:
-            self._start()
+    def _ingest(self, n: int) -> None:
         frames = np.stack(self._pending_frames[:n])
         times = np.asarray(self._pending_times[:n])
         del self._pending_frames[:n], self._pending_times[:n]
+        self._ingest_frames(frames, times, 0)
+
+    def _ingest_frames(self, frames: np.ndarray, times: np.ndarray, padded: int) -> None:
+        self.start()
         first_id = len(self.frame_log)
-        real = n - padded
+        real = len(frames) - padded
         if self.memory.stores_frames:  # offline baseline: nothing is prefilled until a question
             self._frame_store.extend(frames[:real])
             self.frame_log.extend((first_id + i, float(times[i])) for i in range(real))
             self.stats.frames += real
             return
-        t0 = time.perf_counter()
-        visual = self.adapter.encode_frames(frames, times, first_id)
-        if self.pooling is not None:
-            visual = self.pooling(visual, frames)
-        keep = self.gate(visual, frames) if self.gate is not None else None
-        self.stats.encode_s += time.perf_counter() - t0
+        visual, keep = self.encode_chunk(frames, times, first_id)
         self.add_visual_tokens(visual, times[:real], keep=keep)
+
+    def encode_chunk(self, frames: np.ndarray, times: np.ndarray, first_id: int,
+                     gate: bool = True) -> tuple[VisualTokens, torch.Tensor | None]:
+        """encode -> pool -> gate for one chunk of whole groups; returns the tokens and the gate's choice."""
+        t0 = time.perf_counter()
+        visual = encode_pooled(self.adapter, frames, times, first_id, self.pooling)
+        keep = self.gate(visual, frames) if (gate and self.gate is not None) else None
+        self.stats.encode_s += time.perf_counter() - t0
+        return visual, keep
 
     def add_visual_tokens(self, visual: VisualTokens, frame_times: np.ndarray, keep: torch.Tensor | None = None) -> None:
         """Prefill already-encoded (possibly pooled) visual tokens of the next ``len(frame_times)`` frames.
@@ -251,207 +264,91 @@ class StreamingSession:
         ``keep`` ``(t, h, w)`` bool: a gate's choice of grid tokens; the others are skipped but keep their
         time and positions (``sparsity.gate_segment``).
         """
-        if not self._started:
-            self._start()
+        self.start()
         first_id = len(self.frame_log)
-        t1 = time.perf_counter()
-        seg, tokens = self.adapter.visual_segment(visual, self.next_position), visual.num_tokens
+        seg, tokens = self.adapter.visual_segment(visual, self.engine.next_position), visual.num_tokens
         if keep is not None:
             gated = gate_segment(seg, visual, keep, len(frame_times))
             seg, tokens = gated.segment, gated.tokens_kept
             self.stats.frames_skipped += gated.frames_skipped
             if seg is None:  # nothing kept: the chunk's time and positions still pass
-                self.next_position = gated.next_position
+                self.engine.skip_to(gated.next_position)
         if seg is not None:
-            self._run(seg)
-        self.stats.prefill_s += time.perf_counter() - t1
+            self.engine.prefill(seg)
         self.frame_log.extend((first_id + i, float(t)) for i, t in enumerate(frame_times))
         self.stats.frames += len(frame_times)
         self.stats.chunks += 1
         self.stats.visual_tokens += tokens
-        self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.cache.kv_bytes())
-        self._compress()
-        self._check_positions()
-
-    def _compress(self) -> None:
-        if not self.memory.wants_compress(self.cache):
-            return
-        t0 = time.perf_counter()
-        probe = self.probe_attention(self.memory.probe_prompts) if self.memory.probe_prompts else None
-        result = self.memory.compress(self.cache, self.rope, probe, self.next_position)
-        result.seconds = time.perf_counter() - t0
-        if result.next_position is not None:
-            self.next_position = result.next_position
-        self.stats.compress_s += result.seconds
-        self.stats.compress_log.append(result)
-
-    def _check_positions(self) -> None:
-        """Warn once when a stream's positions pass the model's limit (policies that never re-index)."""
-        limit = getattr(self.rope, "max_position_embeddings", None)
-        if limit and self.next_position > limit and not self._positions_warned:
-            self._positions_warned = True
-            warnings.warn(
-                f"stream positions reached {self.next_position}, past the model's max_position_embeddings "
-                f"({limit}): memory policy {self.memory.name!r} does not re-index, so answers now use positions "
-                "the model was never trained on; use hermes, window, sink or snapkv to keep positions bounded",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        self.engine.compress()
 
     @torch.no_grad()
     def probe_attention(self, prompts: dict[str, str]) -> AttentionProbe:
-        """Attention of each pseudo-query prompt to the current memory, then remove the prompt again.
+        """Attention of each pseudo-query prompt to the current memory; the memory is unchanged.
 
         Returns per prompt a list over layers of ``(seq_len,)`` weights averaged over heads and the
         prompt's tokens.
         """
-        length, start = self.cache.physical_length(), self.next_position
-        probe = AttentionProbe()
-        for name, text in prompts.items():
-            seg = self.adapter.text_segment(self.adapter.tokenize(text), start, TokenKind.TEXT)
-            with self.adapter.eager_attention():
-                _, attentions = self.adapter.forward(seg.embeds, seg.meta, self.cache, output_attentions=True)
-            # (1, heads, L_q, L_kv) per layer -> mean over heads and queries, past entries only.
-            probe.scores[name] = [a[0, :, :, :length].float().mean(dim=(0, 1)).cpu() for a in attentions]
-            for layer in self.cache.layers:  # the forward wrote keys but no metadata: drop them
-                layer.keys = layer.keys[..., :length, :]
-                layer.values = layer.values[..., :length, :]
-        return probe
+        return self.engine.probe(prompts)
 
     # ---- questions ------------------------------------------------------------------------------
     @torch.no_grad()
     def ask(self, question: str, generation: GenerationConfig | None = None, *, return_logits: bool = False) -> Answer:
-        """Answer ``question`` from the memory as it is now; the memory is unchanged afterwards."""
+        """Answer ``question`` from the memory as it is now (pending frames included); the memory, the
+        pending frames and the statistics of the stream are unchanged afterwards."""
         if not question or not question.strip():
             raise ValueError("ask(): the question is empty")
         gen = generation or GenerationConfig(max_new_tokens=self.config.max_new_tokens)
         t0 = time.perf_counter()
-        self.flush()
-        if not self._started:
-            self._start()
-        stream_state = (self.cache, self.next_position)
-        replayed = self._replay_for_question()
-        if replayed is not None:  # offline policy: answer from freshly prefilled frames
-            self.cache, self.next_position = replayed
-            self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.cache.kv_bytes())
+        self.start()
         ids = self.adapter.tokenize(self.adapter.question_text(question))
-        # Question-time memory (retrieval): a cache built for this question; None answers from the memory as is.
-        built = self.memory.question_cache(self.cache, self.rope, self._question_probe(ids), self.next_position)
-        if built is not None:
-            self.cache, self.next_position = built
-            self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.cache.kv_bytes())
-        length, position = self.cache.physical_length(), self.next_position
-        cache_tokens, kv_bytes = length, self.cache.kv_bytes()
-        processors = _sampling_processors(gen)
-        generator = None
-        if gen.do_sample:
-            generator = torch.Generator(device="cpu")
-            generator.manual_seed(gen.seed if gen.seed is not None else 0)
-        eos = set(self.adapter.eos_token_ids)
-        out_ids: list[int] = []
-        ttft = None
-        try:
-            logits, _ = self._run(self.adapter.text_segment(ids, position, TokenKind.TEXT))
-            q_logits = logits[0].float().cpu() if return_logits else None
-            for step in range(gen.max_new_tokens):
-                next_id = _pick(logits[0, -1].float(), out_ids, processors, generator)
-                if ttft is None:
-                    ttft = time.perf_counter() - t0
-                if next_id in eos:
-                    break
-                out_ids.append(next_id)
-                if step + 1 == gen.max_new_tokens:
-                    break
-                seg = self.adapter.text_segment(torch.tensor([next_id]), self.next_position, TokenKind.TEXT)
-                logits, _ = self._run(seg)
-        finally:
-            # The stream continues from the pre-question state.
-            self.cache.truncate(length)
-            self.next_position = position
-            self.cache, self.next_position = stream_state
+        frames_seen, last_time = self.stats.frames + len(self._pending_frames), self.last_frame_time
+        replay = self._replay_for_question if self.memory.stores_frames else None
+        with self.engine.rollback():
+            if self._pending_frames and not self.memory.stores_frames:
+                # The partial group goes in padded, for this question only: the stream keeps it pending.
+                frames, times, _ = pad_to_group(np.stack(self._pending_frames), np.asarray(self._pending_times),
+                                                self.adapter.frames_per_group)
+                encode_s = self.stats.encode_s
+                visual, _ = self.encode_chunk(frames, times, len(self.frame_log), gate=False)
+                self.stats.encode_s = encode_s  # question-time work is not ingest
+                self.engine.prefill(self.adapter.visual_segment(visual, self.engine.next_position))
+            out = self.engine.generate(ids, gen, t0=t0, return_logits=return_logits, question_cache=replay)
         return Answer(
-            text=self.adapter.tokenizer.decode(out_ids, skip_special_tokens=True),
-            token_ids=out_ids,
-            ttft_s=ttft if ttft is not None else time.perf_counter() - t0,
-            total_s=time.perf_counter() - t0,
-            cache_tokens=cache_tokens,
-            kv_bytes=kv_bytes,
+            text=self.adapter.tokenizer.decode(out.token_ids, skip_special_tokens=True),
+            token_ids=out.token_ids,
+            ttft_s=out.ttft_s,
+            total_s=out.total_s,
+            cache_tokens=out.cache_tokens,
+            kv_bytes=out.kv_bytes,
             visual_tokens_seen=self.stats.visual_tokens,
-            frames_seen=self.stats.frames,
-            last_frame_time=self.frame_log[-1][1] if self.frame_log else None,
-            question_logits=q_logits,
+            frames_seen=frames_seen,
+            last_frame_time=last_time,
+            question_logits=out.question_logits,
+            question_cache_s=out.question_cache_s,
         )
 
-    def _question_probe(self, ids: torch.Tensor) -> Callable[[MemoryCache, int], list[torch.Tensor]]:
-        """The :data:`~ppllava_hermes.memory.policy.QuestionProbe` of one question: its tokens ``ids`` ``(L_q,)``
-        run over a given cache with eager attention, which is then cut back to its length."""
-
-        @torch.no_grad()
-        def probe(cache: MemoryCache, start: int) -> list[torch.Tensor]:
-            length = cache.physical_length()
-            seg = self.adapter.text_segment(ids, start, TokenKind.TEXT)
-            try:
-                with self.adapter.eager_attention():
-                    _, attentions = self.adapter.forward(seg.embeds, seg.meta, cache, output_attentions=True)
-            finally:
-                cache.truncate(length)  # the forward wrote keys and values but no metadata
-            # (1, heads, L_q, L_kv) per layer -> mean over heads and question tokens, cache entries only.
-            return [a[0, :, :, :length].float().mean(dim=(0, 1)).cpu() for a in attentions]
-
-        return probe
-
     def _replay_for_question(self) -> tuple[MemoryCache, int] | None:
-        """For policies that store frames: a fresh cache with the system prompt and the frames they pick."""
-        if not self.memory.stores_frames:
+        """For policies that store frames: a fresh cache with the system prompt and the frames they pick.
+
+        Built on a scratch engine (full cache) so the stream's engine never sees it; frames still pending
+        are offered to the policy like the stored ones.
+        """
+        store = self._frame_store + list(self._pending_frames)
+        times_all = [t for _, t in self.frame_log] + list(self._pending_times)
+        if not store:
             return None
-        if self._tokens_per_frame is None and self._frame_store:
-            group = self.adapter.frames_per_group
-            probe_frames = np.stack(self._frame_store[:1] * group)
-            visual = self.adapter.encode_frames(probe_frames, np.arange(group, dtype=np.float64), 0)
-            if self.pooling is not None:
-                visual = self.pooling(visual, probe_frames)
+        group = self.adapter.frames_per_group
+        if self._tokens_per_frame is None:
+            probe_frames = np.stack(store[:1] * group)
+            visual = encode_pooled(self.adapter, probe_frames, np.arange(group, dtype=np.float64), 0, self.pooling)
             self._tokens_per_frame = max(1, visual.num_tokens // group)
-        picks = self.memory.question_frames(len(self._frame_store), self._tokens_per_frame or 1) or []
-        saved = (self.cache, self.next_position)
-        self.cache, self.next_position = MemoryCache(self.adapter.num_layers, self.adapter.pos_dims), 0
-        try:
-            self._run(self.adapter.text_segment(self.adapter.tokenize(self.adapter.prefix_text()), 0, TokenKind.SYSTEM))
-            group = self.adapter.frames_per_group
-            for start in range(0, len(picks), self.chunk_frames):
-                chunk = picks[start : start + self.chunk_frames]
-                frames = np.stack([self._frame_store[i] for i in chunk])
-                times = np.asarray([self.frame_log[i][1] for i in chunk], dtype=np.float64)
-                missing = (-len(chunk)) % group
-                if missing:  # same padding as flush(): repeat the last frame
-                    frames = np.concatenate([frames, frames[-1:].repeat(missing, axis=0)])
-                    times = np.concatenate([times, times[-1] + 1e-6 * np.arange(1, missing + 1)])
-                visual = self.adapter.encode_frames(frames, times, chunk[0])
-                if self.pooling is not None:
-                    visual = self.pooling(visual, frames)
-                self._run(self.adapter.visual_segment(visual, self.next_position))
-            return self.cache, self.next_position
-        finally:
-            self.cache, self.next_position = saved
-
-
-def _sampling_processors(gen: GenerationConfig) -> LogitsProcessorList:
-    procs = LogitsProcessorList()
-    if gen.do_sample:
-        if gen.temperature != 1.0:
-            procs.append(TemperatureLogitsWarper(gen.temperature))
-        if gen.top_k > 0:
-            procs.append(TopKLogitsWarper(gen.top_k))
-        if gen.top_p < 1.0:
-            procs.append(TopPLogitsWarper(gen.top_p))
-    return procs
-
-
-def _pick(logits: torch.Tensor, prev: list[int], processors: LogitsProcessorList,
-          generator: torch.Generator | None) -> int:
-    """Greedy (no generator) or sampled next token from ``(V,)`` logits."""
-    if generator is None:
-        return int(logits.argmax())
-    ids = torch.tensor([prev], dtype=torch.long)
-    scores = processors(ids, logits.unsqueeze(0))
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs[0], 1, generator=generator))
+        picks = self.memory.question_frames(len(store), self._tokens_per_frame) or []
+        scratch = KVEngine(self.adapter)
+        scratch.start(self.adapter.prefix_text())
+        for start in range(0, len(picks), self.chunk_frames):
+            chunk = picks[start : start + self.chunk_frames]
+            frames, times, _ = pad_to_group(np.stack([store[i] for i in chunk]),
+                                            np.asarray([times_all[i] for i in chunk]), group)
+            visual = encode_pooled(self.adapter, frames, times, chunk[0], self.pooling)
+            scratch.prefill(self.adapter.visual_segment(visual, scratch.next_position))
+        return scratch.cache, scratch.next_position

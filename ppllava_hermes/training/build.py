@@ -1,11 +1,10 @@
 """Build a :class:`~.model.PooledVideoLM` from command-line flags (shared by the training scripts).
 
-Model specs (``--model``): ``shapesworld`` (the shipped ShapesWorld VLM; ``shapesworld:PATH`` for another
-ShapesWorld checkpoint folder), ``tiny:qwen2_5_vl`` /
-``tiny:llava_onevision`` (random tiny models for tests and smoke runs), or a checkpoint folder of a
-supported family (``models.load_adapter``). CLIP specs (``--clip``): ``none`` (average pooling),
-``shapesworld`` (the shipped ShapesWorld CLIP), ``tiny`` (a random tiny open_clip), or a folder
-(a ShapesWorld-CLIP folder, or a Hugging Face CLIP / SigLIP).
+Model specs (``--model``) and CLIP specs (``--clip``) are those of every command (``ppllava_hermes.specs``):
+a model is a checkpoint folder, a hub id or a registered name (``shapesworld[:PATH]``, ``tiny-qwen2.5-vl``
+alias ``tiny:qwen2_5_vl``, ``tiny-llava-onevision`` alias ``tiny:llava_onevision``); a CLIP is ``none``
+(average pooling), ``tiny`` (a random tiny open_clip), ``shapesworld[:PATH]``, or a folder (a
+ShapesWorld-CLIP folder, or a Hugging Face CLIP / SigLIP).
 
 Devices are not chosen here: models are built on the CPU and ``accelerate`` places them.
 """
@@ -14,30 +13,22 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..models.base import VLMAdapter
 from ..pooling import PoolingConfig, PromptGuidedPooling
+from ..specs import kernel_arg, load_model, load_relevance, model_help
 from .model import PooledVideoLM
 from .trainable import TrainableConfig, load_trained
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _triple(text: str) -> tuple[int, int, int]:
-    parts = [int(x) for x in text.replace("x", ",").split(",") if x.strip()]
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected three integers t,h,w, got {text!r}")
-    return parts[0], parts[1], parts[2]
-
-
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags for the VLM, the CLIP scorer, the pooling and what trains."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default="shapesworld",
-                   help="shapesworld[:PATH] | tiny:qwen2_5_vl | tiny:llava_onevision | a checkpoint folder")
+    g.add_argument("--model", default="shapesworld", help=f"{model_help()}. Default: shapesworld")
     g.add_argument("--clip", default="shapesworld", help="none | shapesworld | tiny | a CLIP/SigLIP folder")
     g.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="VLM weights dtype (checkpoints only)")
     g.add_argument("--chunk-frames", type=int, default=8, help="frames per session chunk (pooled chunk by chunk)")
@@ -47,7 +38,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=False,
                    help="keep frozen vision / CLIP encodings of every video across epochs (small data sets)")
     p = parser.add_argument_group("pooling")
-    p.add_argument("--pool-kernel", type=_triple, default=(2, 3, 3), help="t,h,w (ref 2,3,3)")
+    p.add_argument("--pool-kernel", type=kernel_arg, default=(2, 3, 3), help="t,h,w (ref 2,3,3)")
     p.add_argument("--pool-tau", type=float, default=0.01, help="window softmax temperature (ref 0.01)")
     p.add_argument("--pool-padding", default="replicate", choices=["error", "drop", "replicate", "pad"])
     p.add_argument("--pool-learn-tau", action=argparse.BooleanOptionalAction, default=True)
@@ -66,51 +57,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_vlm(spec: str, dtype: str = "auto") -> VLMAdapter:
-    """The adapter of ``--model`` (see module doc), on the CPU."""
-    if spec == "shapesworld" or spec.startswith("shapesworld:"):
-        from ..world.model import load_shapesworld_adapter
-
-        return load_shapesworld_adapter(spec.split(":", 1)[1] if ":" in spec else None)
-    if spec.startswith("tiny:"):
-        from ..models import adapter_for_model
-        from ..testing import tiny_llava_onevision, tiny_qwen2_5_vl
-
-        family = spec.split(":", 1)[1]
-        builders = {"qwen2_5_vl": tiny_qwen2_5_vl, "llava_onevision": tiny_llava_onevision}
-        if family not in builders:
-            raise ValueError(f"unknown tiny model {spec!r}; choose tiny:{' or tiny:'.join(builders)}")
-        model, tokenizer = builders[family]()
-        return adapter_for_model(model, tokenizer)
-    from ..models import load_adapter
-
-    if not Path(spec).exists():
-        raise FileNotFoundError(f"--model {spec!r}: no such folder (or use shapesworld / tiny:<family>)")
-    return load_adapter(spec, dtype=DTYPES[dtype])
+    """The adapter of ``--model`` (``specs.load_model``), on the CPU; ``specs.SpecError`` on a bad spec."""
+    return load_model(spec, dtype=DTYPES[dtype])
 
 
 def load_clip(spec: str, frames_per_token: int):
-    """The ``RelevanceScorer`` of ``--clip`` (None for ``none``)."""
-    from ..pooling import RelevanceConfig, RelevanceScorer
-
-    config = RelevanceConfig(frames_per_token=frames_per_token)
-    if spec == "none":
-        return None
-    if spec == "tiny":
-        from ..pooling.testing import tiny_open_clip
-
-        torch.manual_seed(0)
-        model, tokenizer = tiny_open_clip()
-        return RelevanceScorer(model, tokenizer, config=config)
-    from ..world.clip import has_world_clip, load_world_clip
-
-    if spec == "shapesworld" or has_world_clip(spec):
-        model, tokenizer = load_world_clip(None if spec == "shapesworld" else spec)
-        return RelevanceScorer(model, tokenizer, config=config)
-    from ..streaming.pooling_stage import load_scorer
-
-    if not Path(spec).exists():
-        raise FileNotFoundError(f"--clip {spec!r}: no such folder (or use none / shapesworld / tiny)")
-    return load_scorer(spec, frames_per_token=frames_per_token)
+    """The ``RelevanceScorer`` of ``--clip`` (``specs.load_relevance``; None for ``none``)."""
+    return load_relevance(spec, frames_per_token=frames_per_token)
 
 
 def pooling_config(args: argparse.Namespace, feature_dim: int) -> PoolingConfig:

@@ -432,15 +432,17 @@ class VideoQADataset(torch.utils.data.Dataset):
 
 # ---- ShapesWorld ---------------------------------------------------------------------------------
 def _shapesworld_example(frames: np.ndarray, rec, split: str, fps: float) -> VideoQAExample:
-    from ..world.model import answer_text, prompt_for
+    from .. import plugins
 
+    prompt_for = plugins.PROMPT_STYLES.get("words")
     rejected = None
     if rec.options:
         rng = np.random.default_rng(zlib.crc32(rec.qid.encode()))  # stable across processes
         wrong = [o for i, o in enumerate(rec.options) if i != rec.answer]
         rejected = wrong[int(rng.integers(len(wrong)))] if wrong else None
     return VideoQAExample(
-        video=rec.qid, question=prompt_for(rec), answer=answer_text(rec), clip_query=rec.question,
+        video=rec.qid, question=prompt_for(rec), clip_query=rec.question,
+        answer=rec.options[rec.answer] if rec.options else str(rec.answer),  # the word the model says
         source=f"shapesworld:{split}", line=None, options=list(rec.options),
         answer_index=int(rec.answer) if rec.options else None, rejected=rejected, task_type=rec.task_type,
         frames=frames, timestamps=np.arange(len(frames), dtype=np.float64) / fps,
@@ -452,16 +454,19 @@ def shapesworld_examples(
 ) -> list[VideoQAExample]:
     """``n`` ShapesWorld short-clip examples with in-memory frames (4 frames of 112x112 at 1 fps).
 
-    The VLM is asked ``prompt_for(record)`` (the question with its options' words for multiple choice)
-    and trained to say ``answer_text(record)``; CLIP sees the question alone. For multiple choice
-    ``rejected`` is another option (a plausible wrong answer, for DPO), chosen by the record's seed.
-    Example ``i`` is clip ``seed_base + i`` of the split (:func:`~ppllava_hermes.world.tasks.iter_short_clips`).
+    The VLM is asked the record in the "words" prompt style (the question with its options' words for
+    multiple choice) and trained to say the answer's word; CLIP sees the question alone. For multiple
+    choice ``rejected`` is another option (a plausible wrong answer, for DPO), chosen by the record's seed.
+    Example ``i`` is clip ``seed_base + i`` of the split: the short clips of the ShapesWorld benchmark
+    (``plugins.BENCHMARKS["shapesworld"].short_clips``, registered by the ShapesWorld plugin).
     """
-    from ..world.tasks import iter_short_clips
+    from .. import plugins
 
-    return [_shapesworld_example(frames, rec, split, fps)
-            for frames, rec in iter_short_clips(split, n, seed_base=seed_base, mc_fraction=mc_fraction, fps=fps,
-                                                **clip_kwargs)]
+    benchmark = plugins.BENCHMARKS.get("shapesworld")
+    if benchmark is None or benchmark.short_clips is None:
+        raise ValueError("shapesworld_examples: no plugin registers the 'shapesworld' benchmark's short clips")
+    clips = benchmark.short_clips(split, n, seed_base=seed_base, mc_fraction=mc_fraction, fps=fps, **clip_kwargs)
+    return [_shapesworld_example(frames, rec, split, fps) for frames, rec in clips]
 
 
 class ShapesWorldDataset(torch.utils.data.Dataset):

@@ -28,38 +28,8 @@ import torch
 
 from ..memory.cache import TokenKind, TokenMeta
 from ..models.base import VisualTokens, VLMAdapter
+from ..streaming.chunks import chunk_spans, span_frames
 from .data import VideoInput
-
-
-@dataclass
-class ChunkSpan:
-    """One session chunk: frames ``[start, stop)`` of the video, plus ``pad`` repeats of the last frame."""
-
-    start: int
-    stop: int
-    pad: int = 0
-
-
-def chunk_spans(num_frames: int, chunk_frames: int, frames_per_group: int) -> list[ChunkSpan]:
-    """The chunks ``StreamingSession`` ingests for ``num_frames`` frames added at once and then a question.
-
-    Full chunks of ``chunk_frames`` (rounded down to whole groups), then the remaining whole groups as
-    one chunk, then a partial group padded with the last frame (``flush`` at question time).
-    """
-    if num_frames < 1:
-        raise ValueError(f"a video needs at least one frame, got {num_frames}")
-    step = max(frames_per_group, chunk_frames // frames_per_group * frames_per_group)
-    spans, i = [], 0
-    while num_frames - i >= step:
-        spans.append(ChunkSpan(i, i + step))
-        i += step
-    whole = (num_frames - i) // frames_per_group * frames_per_group
-    if whole:
-        spans.append(ChunkSpan(i, i + whole))
-        i += whole
-    if i < num_frames:
-        spans.append(ChunkSpan(i, num_frames, pad=frames_per_group - (num_frames - i)))
-    return spans
 
 
 @dataclass
@@ -102,11 +72,7 @@ def encode_chunks(adapter: VLMAdapter, video: VideoInput, chunk_frames: int, gra
     encode = _encode_fn(adapter, grad)
     out = []
     for span in chunk_spans(len(video.frames), chunk_frames, adapter.frames_per_group):
-        frames = video.frames[span.start : span.stop]
-        times = video.timestamps[span.start : span.stop]
-        if span.pad:  # same padding as StreamingSession.flush(): repeat the last frame, +1 us each
-            frames = np.concatenate([frames, np.repeat(frames[-1:], span.pad, axis=0)])
-            times = np.concatenate([times, times[-1] + 1e-6 * np.arange(1, span.pad + 1)])
+        frames, times = span_frames(video.frames, video.timestamps, span)
         visual = encode(frames, times, span.start)
         out.append(EncodedChunk(visual, frames, times[: len(times) - span.pad]))
     if not grad:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..evaluation.records import QARecord
 from ..evaluation.scoring import parse_choice, score_open
+from ..specs import POOL_MODES, SpecError, build_policy, load_model, load_relevance, model_note, policy_names
 from ..streaming import GenerationConfig, StreamConfig, StreamingSession
 from ..streaming.timed import TimedQuestion, run_timed_questions
 from ..video import stream_video
@@ -56,30 +57,47 @@ def truth(record: QARecord) -> str:
     return record.options[record.answer] if record.options else str(record.answer)
 
 
-def _load(args: argparse.Namespace):
-    from ..cli import build_adapter
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``ppllava-hermes demo``."""
+    p.add_argument("--minutes", type=float, default=3.0, help="length of the generated video (default 3)")
+    p.add_argument("--seed", type=int, default=7, help="world seed (default 7)")
+    p.add_argument("--questions", type=int, default=12, help="how many timed questions (default 12)")
+    p.add_argument("--model", default=None, help="default: the shipped ShapesWorld model, else a tiny random one")
+    p.add_argument("--memory", default="hermes", choices=list(policy_names()))
+    p.add_argument("--budget", type=int, default=None)
+    p.add_argument("--pool", default="prompt", choices=list(POOL_MODES))
+    p.add_argument("--quiet", action="store_true")
 
+
+def _build(spec: str):
+    note = model_note(spec)
+    if note:
+        print(f"note: {note}")
+    return load_model(spec)
+
+
+def _load(args: argparse.Namespace):
     if args.model:
-        return build_adapter(args.model), args.model != "shapesworld"
+        return _build(args.model), args.model.split(":", 1)[0] != "shapesworld"  # a ShapesWorld checkpoint: trained
     if has_shipped_model():
         return load_shapesworld_adapter(), False
     print("note: no trained ShapesWorld model is shipped in this build.")
-    return build_adapter("tiny-qwen2.5-vl"), True
+    return _build("tiny-qwen2.5-vl"), True
 
 
 def _pooling(args: argparse.Namespace, adapter):
     from ..pooling import PoolingConfig, PromptGuidedPooling
-    from ..streaming.pooling_stage import PoolingStage, load_scorer
+    from ..streaming.pooling_stage import PoolingStage
 
     if args.pool == "none":
         return None, "none"
     pooling = PromptGuidedPooling(PoolingConfig(kernel=(1, 2, 2), padding="replicate"))
     if args.pool == "prompt":
         try:
-            scorer = load_scorer(None, frames_per_token=adapter.frames_per_group)
+            scorer = load_relevance("shapesworld", frames_per_token=adapter.frames_per_group)
             # a standing query given at session start: every chunk is pooled against it
             return PoolingStage(pooling, scorer, "a coloured shape"), "prompt-guided (1,2,2), query 'a coloured shape'"
-        except FileNotFoundError:
+        except SpecError:
             print("note: no ShapesWorld CLIP shipped; pooling by plain averaging instead")
     return PoolingStage(pooling), "average (1,2,2)"
 
@@ -92,8 +110,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> dict:
     """Run the demo; returns ``{"accuracy", "n", "seconds", "per_kind"}``."""
-    from ..cli import build_policy
-
     t_start = time.perf_counter()
     world = generate_world(WorldConfig(duration=args.minutes * 60.0, fps=1.0), args.seed)
     records = generate_questions(world, TaskConfig(task_types=DEMO_TYPES, questions_per_type=args.questions))

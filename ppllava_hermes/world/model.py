@@ -1,8 +1,10 @@
 """The ShapesWorld VLM: a tiny Qwen2.5-VL (the real HF class) with a word-level tokenizer.
 
 What this module knows: the model and tokenizer configuration, how a ShapesWorld question is put
-to the model (:func:`prompt_for`), and where the shipped checkpoint lives. Training is in
-``train/train_world.py``; streaming and pooling are the library's own, unchanged.
+to the model (:func:`prompt_for`), and where the shipped checkpoint lives. Training is in the recipes
+``train_world`` (short clips), ``train_world_stream`` (streams and pooled input) and
+``train_world_memory`` (backward questions on 1-4 minute streams); streaming and pooling are the
+library's own, unchanged.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def base_config(split: str, args: argparse.Namespace, pool_mode: str):
     from ppllava_hermes.evaluation.runner import EvalConfig
 
     kernel = tuple(int(k) for k in args.pool_kernel.split(","))
-    common = dict(benchmark="shapesworld", model=args.model, pool_mode=pool_mode, pool_kernel=kernel,
+    common = dict(benchmark="shapesworld", model=args.model, pool_mode=pool_mode, pool_kernel=kernel, clip="shapesworld",
                   chunk_frames=args.chunk_frames, max_new_tokens=args.max_new_tokens)
     if split == "short":  # the clip's 4 frames
         return EvalConfig(protocol="offline", num_frames=32, **common)

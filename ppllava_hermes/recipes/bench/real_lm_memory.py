@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppllava_hermes.compat import cache_kwargs
-from ppllava_hermes.memory import Hermes, MemoryCache, TokenKind, TokenMeta, make_policy
-from ppllava_hermes.memory.policy import AttentionProbe, MemoryPolicy
-from ppllava_hermes.memory.rope import RopeSpec
+from ppllava_hermes.memory import Hermes, TokenKind, make_policy
+from ppllava_hermes.memory.policy import MemoryPolicy
 from ppllava_hermes.models.smollm2 import load_smollm2
+from ppllava_hermes.models.text_lm import CausalLMAdapter
+from ppllava_hermes.streaming.engine import GenerationConfig, KVEngine
 
 LICENSES = ["GPL-3", "GPL-2", "LGPL-2.1", "GFDL-1.3", "MPL-2.0", "Apache-2.0", "LGPL-3", "Artistic"]
 LICENSE_DIR = Path("/usr/share/common-licenses")
@@ -91,85 +91,42 @@ def question(nd: dict) -> str:
 
 
 class TextMemory:
-    """The language model over a ``MemoryCache`` driven by a memory policy: a text stream's session.
-
-    ``run`` prefills tokens at explicit 1-D positions, ``compress`` lets the policy act (with an
-    attention probe when it wants one), ``ask`` decodes greedily and restores the memory.
-    """
+    """A text stream over the library's KV engine (:class:`~ppllava_hermes.streaming.engine.KVEngine`) with a
+    causal LM: chunks are prefilled at explicit 1-D positions, the policy compresses, questions roll back."""
 
     def __init__(self, model, tokenizer, policy: MemoryPolicy) -> None:
-        self.model, self.tok, self.policy = model, tokenizer, policy
-        rotary = model.model.rotary_emb
-        self.rope = RopeSpec(inv_freq=rotary.inv_freq.detach().float().cpu(), mrope_section=None,
-                             attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)),
-                             max_position_embeddings=int(model.config.max_position_embeddings))
-        policy.check_model(self.rope, model.config.num_hidden_layers)
-        self.cache = MemoryCache(model.config.num_hidden_layers, pos_dims=1)
-        self.next_position = 0
-        self.compress_s = 0.0
+        self.tok = tokenizer
+        self.engine = KVEngine(CausalLMAdapter(model, tokenizer), policy)
+
+    @property
+    def cache(self):
+        return self.engine.cache
+
+    @property
+    def next_position(self) -> int:
+        return self.engine.next_position
+
+    @property
+    def compress_s(self) -> float:
+        return self.engine.stats.compress_s
 
     def ids(self, text: str) -> torch.Tensor:
-        return torch.tensor(self.tok(text, add_special_tokens=False).input_ids, dtype=torch.long)
+        return self.engine.lm.tokenize(text)
 
-    @torch.no_grad()
-    def run(self, ids: torch.Tensor, kind: TokenKind, frame_id: int = -1, attentions: bool = False):
-        """Prefill ``ids (L,)``; returns ``(logits (L, V), attentions or None)``; metadata committed."""
-        n = len(ids)
-        pos = torch.arange(self.next_position, self.next_position + n)
-        out = self.model.model(input_ids=ids[None], position_ids=pos[None], use_cache=True,
-                               output_attentions=attentions, **cache_kwargs(self.model.model, self.cache))
-        self.cache.commit(TokenMeta(pos[None].clone(), torch.full((n,), frame_id), torch.full((n,), int(kind))))
-        self.next_position += n
-        return self.model.lm_head(out.last_hidden_state)[0].float(), (out.attentions if attentions else None)
-
-    @torch.no_grad()
-    def probe(self, prompts: dict[str, str]) -> AttentionProbe:
-        length, position = self.cache.physical_length(), self.next_position
-        probe = AttentionProbe()
-        config = self.model.config
-        previous = config._attn_implementation
-        config._attn_implementation = "eager"
-        try:
-            for name, text in prompts.items():
-                _, att = self.run(self.ids(text), TokenKind.TEXT, attentions=True)
-                probe.scores[name] = [a[0, :, :, :length].float().mean(dim=(0, 1)).cpu() for a in att]
-                self.cache.truncate(length)
-                self.next_position = position
-        finally:
-            config._attn_implementation = previous
-        return probe
+    def run(self, ids: torch.Tensor, kind: TokenKind, frame_id: int = -1):
+        """Prefill ``ids (L,)``; returns ``(logits (L, V) float, None)``."""
+        logits, _ = self.engine.prefill(self.engine.lm.text_segment(ids, self.engine.next_position, kind, frame_id))
+        return logits[0].float(), None
 
     def setup(self, system: str) -> None:
-        ids = self.ids(system)
-        self.run(ids, TokenKind.SYSTEM)
-        self.policy.setup(self.cache, self.rope, len(ids))
+        self.engine.start(system)
 
     def compress(self) -> None:
-        if not self.policy.wants_compress(self.cache):
-            return
-        t0 = time.perf_counter()
-        probe = self.probe(self.policy.probe_prompts) if self.policy.probe_prompts else None
-        result = self.policy.compress(self.cache, self.rope, probe, self.next_position)
-        if result.next_position is not None:
-            self.next_position = result.next_position
-        self.compress_s += time.perf_counter() - t0
+        self.engine.compress()
 
-    @torch.no_grad()
     def ask(self, text: str, max_new_tokens: int = 16) -> str:
-        length, position = self.cache.physical_length(), self.next_position
-        try:
-            logits, _ = self.run(self.ids(text), TokenKind.TEXT)
-            out = []
-            for _ in range(max_new_tokens):
-                nxt = int(logits[-1].argmax())
-                if nxt == self.tok.eos_token_id or nxt == self.tok.convert_tokens_to_ids("<|im_end|>"):
-                    break
-                out.append(nxt)
-                logits, _ = self.run(torch.tensor([nxt]), TokenKind.TEXT)
-            return self.tok.decode(out, skip_special_tokens=True)
-        finally:
-            self.cache.truncate(length)
-            self.next_position = position
+        out = self.engine.generate(self.ids(text), GenerationConfig(max_new_tokens=max_new_tokens))
+        return self.tok.decode(out.token_ids, skip_special_tokens=True)
 
 
 def chunk_nll(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:

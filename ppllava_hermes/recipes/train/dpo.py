@@ -40,6 +40,7 @@ from ppllava_hermes.integrations.trl_video import (
     VideoDPOModel,
     VideoDPOTrainer,
     VideoPreferenceCollator,
+    checkpointing_kwargs,
     make_video_loader,
     preference_rows,
     reference_model,
@@ -55,6 +56,7 @@ from ppllava_hermes.training import (
     shapesworld_examples,
 )
 from ppllava_hermes.training.build import add_model_arguments, build_model
+
 from .finetune_pooling import write_results
 
 LOG_FIELDS = ["step", "epoch", "loss", "learning_rate", "grad_norm", "rewards/margins", "rewards/accuracies",
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         save_total_limit=args.save_total_limit,
         eval_strategy="steps" if (args.eval_every and eval_rows) else "no", eval_steps=args.eval_every or None,
         report_to=[] if args.report_to == "none" else [args.report_to],  # tensorboard: <out>/runs/
-        remove_unused_columns=False, gradient_checkpointing=False, max_length=None, prediction_loss_only=True,
+        remove_unused_columns=False, **checkpointing_kwargs(DPOConfig, False), max_length=None, prediction_loss_only=True,
         dataloader_num_workers=0, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=True,
     )

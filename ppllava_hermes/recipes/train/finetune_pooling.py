@@ -327,7 +327,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     o.add_argument("--warmup-ratio", type=float, default=0.03, help="(ref 0.03)")
     o.add_argument("--weight-decay", type=float, default=0.0)
     o.add_argument("--max-grad-norm", type=float, default=1.0)
-    o.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    o.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default=None,
+                   help="override the launcher's setting (default: `accelerate launch --mixed_precision` / "
+                        "`accelerate config`, else no)")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     o.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
@@ -369,18 +371,27 @@ def _evaluate(accelerator: Accelerator, model, eval_examples: list[VideoQAExampl
     return res
 
 
+def build_accelerator(args: argparse.Namespace, out: Path) -> Accelerator:
+    """The run's ``Accelerator``. Mixed precision is passed only when ``--mixed-precision`` is given, so
+    ``accelerate launch --mixed_precision bf16`` (``ACCELERATE_MIXED_PRECISION``) and ``accelerate config``
+    take effect otherwise; accelerate's own default is "no"."""
+    precision = {} if args.mixed_precision is None else {"mixed_precision": args.mixed_precision}
+    return Accelerator(
+        gradient_accumulation_steps=args.grad_accum,
+        log_with="tensorboard" if args.report_to == "tensorboard" else None, project_dir=str(out),
+        # pooling extras are unused where nothing is pooled (kernel 1,1,1): let DDP tolerate it
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        **precision,
+    )
+
+
 def main(argv: list[str] | None = None) -> TrainResult:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     resume = resolve_resume(args.resume_from, out)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision,
-        log_with="tensorboard" if args.report_to == "tensorboard" else None, project_dir=str(out),
-        # pooling extras are unused where nothing is pooled (kernel 1,1,1): let DDP tolerate it
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
+    accelerator = build_accelerator(args, out)
     set_seed(args.seed)
     errors = DataErrorLog(args.on_data_error)
     t0 = time.time()
@@ -504,6 +515,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
         "n_eval": len(eval_examples),
         "pool_kernel": list(unwrapped.pooling.config.kernel or ()),
         "minutes": round((time.time() - t0) / 60, 2),
+        "mixed_precision": str(accelerator.mixed_precision),
         "before": before,
         "after": after,
         "unpooled": unpooled,

@@ -1,0 +1,313 @@
+"""The KV engine: one language model over a :class:`MemoryCache` that a memory policy keeps bounded.
+
+It knows nothing of frames, pooling or video: it takes :class:`~ppllava_hermes.models.base.Segment`s
+(input embeddings + explicit positions + token kinds) from whoever drives it (the video session, the
+text-LM benchmark) and offers five operations:
+
+- :meth:`KVEngine.start` prefills the system prompt and lets the policy see how long it is.
+- :meth:`KVEngine.prefill` runs the language model on one segment and commits its metadata. It is atomic:
+  if the forward raises (out of memory, Ctrl-C inside a layer), every layer is cut back to its length
+  before the call and the positions are unchanged, so the engine stays usable.
+- :meth:`KVEngine.rollback` is a context manager: whatever is prefilled inside it, and any cache swapped in
+  for the duration (a question-time cache), is gone on exit, normal or not; the memory is then bit-exactly
+  what it was.
+- :meth:`KVEngine.compress` lets the policy act, with the attention probe it asks for (run inside a
+  rollback); it is the one place policy time is measured.
+- :meth:`KVEngine.generate` answers: an optional question-time cache from the policy
+  (``MemoryPolicy.question_cache``), the question prefill, then greedy or sampled decoding, all inside a
+  rollback.
+
+``next_position`` (where the next token's positions start) is tracked here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from ..memory.cache import MemoryCache, TokenKind
+from ..memory.policy import AttentionProbe, CompressResult, FullCache, MemoryPolicy
+
+if TYPE_CHECKING:
+    from ..models.base import LMAdapter, Segment
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings for :meth:`KVEngine.generate` (greedy unless ``do_sample``)."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class EngineStats:
+    """Totals of the engine's own work (the video session extends them with ingest counts).
+
+    Attributes:
+        prefill_s: seconds in :meth:`KVEngine.prefill` outside questions and probes.
+        compress_s: seconds in :meth:`KVEngine.compress`, its probe included.
+        peak_kv_bytes: the most key/value bytes held at once, question-time caches included.
+        compress_log: one :class:`CompressResult` per compression.
+    """
+
+    prefill_s: float = 0.0
+    compress_s: float = 0.0
+    peak_kv_bytes: int = 0
+    compress_log: list[CompressResult] = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    """What :meth:`KVEngine.generate` produced, with its cost.
+
+    Attributes:
+        token_ids: generated ids (without the stop token).
+        ttft_s: seconds from ``t0`` (the caller's start) to the first token.
+        total_s: seconds from ``t0`` to the end.
+        cache_tokens: entries per layer the question was prefilled on.
+        kv_bytes: key/value bytes the question was answered from.
+        question_cache_s: seconds the policy spent building a question-time cache (inside ``ttft_s``).
+        question_logits: ``(L_q, V)`` float logits of the question prefill, when requested.
+    """
+
+    token_ids: list[int]
+    ttft_s: float
+    total_s: float
+    cache_tokens: int
+    kv_bytes: int
+    question_cache_s: float = 0.0
+    question_logits: torch.Tensor | None = None
+
+
+class KVEngine:
+    """One language model (an :class:`~ppllava_hermes.models.base.LMAdapter`) over a bounded KV memory."""
+
+    def __init__(self, lm: LMAdapter, memory: MemoryPolicy | None = None, *, record_logits: bool = False,
+                 stats: EngineStats | None = None) -> None:
+        self.lm = lm
+        self.memory = memory or FullCache()
+        self.record_logits = record_logits
+        self.rope = lm.rope_spec()
+        self.memory.check_model(self.rope, lm.num_layers)
+        self.reset(stats)
+
+    def reset(self, stats: EngineStats | None = None) -> None:
+        """Empty memory, positions at 0, fresh statistics (``stats`` lets a caller share its own object)."""
+        self.cache = MemoryCache(self.lm.num_layers, self.lm.pos_dims)
+        self.next_position = 0
+        self.stats = stats if stats is not None else EngineStats()
+        self.logits_log: list[torch.Tensor] = []
+        self.started = False
+        self._positions_warned = False
+        self._rollback_depth = 0
+
+    # ---- the model step -------------------------------------------------------------------------
+    def start(self, system_text: str) -> int:
+        """Prefill the system prompt (once) and set the policy up; returns its length in tokens."""
+        if self.started:
+            return 0
+        seg = self.lm.text_segment(self.lm.tokenize(system_text), self.next_position, TokenKind.SYSTEM)
+        self.prefill(seg)
+        self.memory.setup(self.cache, self.rope, num_system_tokens=len(seg))
+        self.started = True
+        return len(seg)
+
+    @torch.no_grad()
+    def prefill(self, seg: Segment, output_attentions: bool = False):
+        """Run the model on ``seg`` at its positions; returns ``(logits (1, L, V), attentions or None)``.
+
+        Keys, values and metadata go into the memory and ``next_position`` moves to ``seg.next_position``;
+        on an exception nothing does.
+        """
+        length = self.cache.physical_length()
+        t0 = time.perf_counter()
+        try:
+            logits, attentions = self.lm.forward(seg.embeds, seg.meta, self.cache, output_attentions)
+        except BaseException:
+            self.cache.truncate(length)  # layers the forward reached hold keys without metadata
+            raise
+        self.cache.commit(seg.meta)
+        self.next_position = seg.next_position
+        if self._rollback_depth == 0:
+            self.stats.prefill_s += time.perf_counter() - t0
+            self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.cache.kv_bytes())
+        if self.record_logits:
+            self.logits_log.append(logits[0].detach().float().cpu())
+        return logits, attentions
+
+    def skip_to(self, next_position: int) -> None:
+        """Let positions pass without tokens (a chunk a gate kept out entirely)."""
+        self.next_position = next_position
+
+    @contextlib.contextmanager
+    def rollback(self) -> Iterator[None]:
+        """Everything prefilled inside (and any cache swapped in) is undone on exit."""
+        cache, length, position = self.cache, self.cache.physical_length(), self.next_position
+        self._rollback_depth += 1
+        try:
+            yield
+        finally:
+            self._rollback_depth -= 1
+            cache.truncate(length)
+            self.cache, self.next_position = cache, position
+
+    def use_cache(self, cache: MemoryCache, next_position: int) -> None:
+        """Answer from ``cache`` until the enclosing :meth:`rollback` ends (question-time caches)."""
+        if self._rollback_depth == 0:
+            raise RuntimeError("use_cache() outside rollback(): the stream's memory would be lost")
+        self.cache, self.next_position = cache, next_position
+        self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, cache.kv_bytes())
+
+    # ---- probes and compression -----------------------------------------------------------------
+    @torch.no_grad()
+    def attention_over(self, cache: MemoryCache, ids: torch.Tensor, start: int) -> list[torch.Tensor]:
+        """Attention of text ``ids`` ``(L,)`` prefilled at ``start`` over ``cache``, which is then cut back.
+
+        Returns one ``(len(cache),)`` float CPU tensor per layer: the weight each entry received, averaged
+        over heads and the prompt's tokens. No metadata is committed.
+        """
+        length = cache.physical_length()
+        seg = self.lm.text_segment(ids, start, TokenKind.TEXT)
+        try:
+            with self.lm.eager_attention():
+                _, attentions = self.lm.forward(seg.embeds, seg.meta, cache, output_attentions=True)
+        finally:
+            cache.truncate(length)
+        # (1, heads, L_q, L_kv) per layer -> mean over heads and queries, past entries only.
+        return [a[0, :, :, :length].float().mean(dim=(0, 1)).cpu() for a in attentions]
+
+    def probe(self, prompts: dict[str, str]) -> AttentionProbe:
+        """Attention of each pseudo-query prompt to the current memory; the memory is unchanged."""
+        probe = AttentionProbe()
+        for name, text in prompts.items():
+            probe.scores[name] = self.attention_over(self.cache, self.lm.tokenize(text), self.next_position)
+        return probe
+
+    def compress(self) -> CompressResult | None:
+        """Let the policy shrink the memory (None when it has nothing to do); timed here only.
+
+        Called after every chunk; it also warns, once per stream, when positions pass the model's limit.
+        """
+        if not self.memory.wants_compress(self.cache):
+            self._check_positions()
+            return None
+        t0 = time.perf_counter()
+        probe = self.probe(self.memory.probe_prompts) if self.memory.probe_prompts else None
+        result = self.memory.compress(self.cache, self.rope, probe, self.next_position)
+        result.seconds = time.perf_counter() - t0
+        if result.next_position is not None:
+            self.next_position = result.next_position
+        self.stats.compress_s += result.seconds
+        self.stats.compress_log.append(result)
+        self._check_positions()
+        return result
+
+    def _check_positions(self) -> None:
+        """Warn once when positions pass the model's limit (policies that never re-index)."""
+        limit = getattr(self.rope, "max_position_embeddings", None)
+        if limit and self.next_position > limit and not self._positions_warned:
+            self._positions_warned = True
+            warnings.warn(
+                f"stream positions reached {self.next_position}, past the model's max_position_embeddings "
+                f"({limit}): memory policy {self.memory.name!r} does not re-index, so answers now use positions "
+                "the model was never trained on; use hermes, window, sink or snapkv to keep positions bounded",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    # ---- answers --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor, gen: GenerationConfig, *, t0: float | None = None,
+                 return_logits: bool = False,
+                 question_cache: Callable[[], tuple[MemoryCache, int] | None] | None = None) -> Generation:
+        """Answer text ``ids`` ``(L,)`` from the memory as it is now; the memory is unchanged afterwards.
+
+        Args:
+            t0: the caller's start time (``time.perf_counter()``), so TTFT covers its own preparation.
+            question_cache: builds a cache to answer from instead (an offline replay); the policy's own
+                ``question_cache`` hook (retrieval) is asked after it.
+        """
+        t0 = time.perf_counter() if t0 is None else t0
+        with self.rollback():
+            t_cache = time.perf_counter()
+            built = question_cache() if question_cache is not None else None
+            if built is not None:
+                self.use_cache(*built)
+            built = self.memory.question_cache(self.cache, self.rope,
+                                               lambda c, start: self.attention_over(c, ids, start),
+                                               self.next_position)
+            if built is not None:
+                self.use_cache(*built)
+            cache_s = time.perf_counter() - t_cache
+            cache_tokens, kv_bytes = self.cache.physical_length(), self.cache.kv_bytes()
+            out_ids, ttft, q_logits = self._decode(ids, gen, t0, return_logits)
+        return Generation(token_ids=out_ids, ttft_s=ttft, total_s=time.perf_counter() - t0,
+                          cache_tokens=cache_tokens, kv_bytes=kv_bytes, question_cache_s=cache_s,
+                          question_logits=q_logits)
+
+    def _decode(self, ids: torch.Tensor, gen: GenerationConfig, t0: float, return_logits: bool):
+        processors = _sampling_processors(gen)
+        generator = None
+        if gen.do_sample:
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(gen.seed if gen.seed is not None else 0)
+        eos = set(self.lm.eos_token_ids)
+        out_ids: list[int] = []
+        ttft = None
+        logits, _ = self.prefill(self.lm.text_segment(ids, self.next_position, TokenKind.TEXT))
+        q_logits = logits[0].float().cpu() if return_logits else None
+        for step in range(gen.max_new_tokens):
+            next_id = _pick(logits[0, -1].float(), out_ids, processors, generator)
+            if ttft is None:
+                ttft = time.perf_counter() - t0
+            if next_id in eos:
+                break
+            out_ids.append(next_id)
+            if step + 1 == gen.max_new_tokens:
+                break
+            seg = self.lm.text_segment(torch.tensor([next_id]), self.next_position, TokenKind.TEXT)
+            logits, _ = self.prefill(seg)
+        return out_ids, (ttft if ttft is not None else time.perf_counter() - t0), q_logits
+
+
+def _sampling_processors(gen: GenerationConfig) -> LogitsProcessorList:
+    procs = LogitsProcessorList()
+    if gen.do_sample:
+        if gen.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(gen.temperature))
+        if gen.top_k > 0:
+            procs.append(TopKLogitsWarper(gen.top_k))
+        if gen.top_p < 1.0:
+            procs.append(TopPLogitsWarper(gen.top_p))
+    return procs
+
+
+def _pick(logits: torch.Tensor, prev: list[int], processors: LogitsProcessorList,
+          generator: torch.Generator | None) -> int:
+    """Greedy (no generator) or sampled next token from ``(V,)`` logits."""
+    if generator is None:
+        return int(logits.argmax())
+    ids = torch.tensor([prev], dtype=torch.long)
+    scores = processors(ids, logits.unsqueeze(0))
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs[0], 1, generator=generator))

@@ -1,0 +1,161 @@
+"""The KV engine under the session: atomic prefill, rollback, question-time padding that never changes the
+stream, input checks; and the text-LM adapter on the same engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ppllava_hermes.memory import make_policy
+from ppllava_hermes.memory.cache import TokenKind
+from ppllava_hermes.streaming import GenerationConfig, KVEngine, StreamConfig, StreamingSession
+from ppllava_hermes.streaming.chunks import PAD_STEP_S, ChunkSpan, chunk_spans, group_chunk_frames, pad_to_group
+
+from .helpers import random_frames, tiny_adapter
+
+torch.set_num_threads(1)
+
+
+def states_equal(a, b) -> bool:
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize("policy", ["full", "hermes", "window"])
+def test_a_question_at_an_odd_frame_leaves_no_trace_in_the_memory(policy):
+    adapter = tiny_adapter("qwen2_5_vl")  # frame pairs: frame 5 of 5 waits for its partner
+    frames, times = random_frames(10, seed=1)
+
+    def run(ask_at: int | None):
+        s = StreamingSession(adapter, make_policy(policy, budget=80) if policy != "full" else None,
+                             config=StreamConfig(chunk_frames=4))
+        answers = []
+        for k in range(10):
+            s.add_frames(frames[k : k + 1], times[k : k + 1])
+            if k == ask_at:
+                answers.append(s.ask("what?", GenerationConfig(max_new_tokens=2)))
+        return s, answers
+
+    plain, _ = run(None)
+    asked, answers = run(4)  # after the 5th frame: one frame pending
+    assert states_equal(plain.cache.state(), asked.cache.state())
+    assert plain.next_position == asked.next_position
+    assert [t for _, t in plain.frame_log] == [t for _, t in asked.frame_log] == list(times)
+    assert answers[0].frames_seen == 5 and answers[0].last_frame_time == times[4]
+
+
+def test_question_with_a_pending_frame_equals_the_padded_stream():
+    """The question sees the lone frame exactly as flush() would have put it in."""
+    adapter = tiny_adapter("qwen2_5_vl")
+    frames, times = random_frames(5, seed=2)
+    a = StreamingSession(adapter, config=StreamConfig(chunk_frames=4))
+    a.add_frames(frames, times)
+    ans_pending = a.ask("what now?", GenerationConfig(max_new_tokens=3), return_logits=True)
+    assert len(a._pending_frames) == 1  # still waiting
+    b = StreamingSession(adapter, config=StreamConfig(chunk_frames=4))
+    b.add_frames(frames, times)
+    b.flush()
+    ans_flushed = b.ask("what now?", GenerationConfig(max_new_tokens=3), return_logits=True)
+    torch.testing.assert_close(ans_pending.question_logits, ans_flushed.question_logits, atol=1e-5, rtol=1e-5)
+    assert ans_pending.token_ids == ans_flushed.token_ids
+
+
+def test_prefill_is_atomic_when_a_layer_raises():
+    adapter = tiny_adapter("qwen2_5_vl")
+    s = StreamingSession(adapter, make_policy("hermes", budget=80), config=StreamConfig(chunk_frames=2))
+    frames, times = random_frames(8, seed=3)
+    s.add_frames(frames[:4], times[:4])
+    before, position = s.cache.state(), s.next_position
+    layer = adapter.language_model.layers[2]  # a deep layer: layers 0-1 have written keys by then
+    calls = {"n": 0}
+
+    def boom(*args, **kwargs):
+        calls["n"] += 1
+        raise MemoryError("simulated out of memory")
+
+    handle = layer.register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(MemoryError):
+            s.add_frames(frames[4:6], times[4:6])
+    finally:
+        handle.remove()
+    assert calls["n"] == 1
+    assert states_equal(before, s.cache.state()) and s.next_position == position
+    # the stream goes on as if the failed chunk had not been offered
+    s.add_frames(frames[6:8], times[6:8])
+    assert s.ask("ok?", GenerationConfig(max_new_tokens=2)).frames_seen == 6
+
+
+def test_rollback_restores_a_swapped_cache_and_refuses_use_outside():
+    adapter = tiny_adapter("llava_onevision")
+    engine = KVEngine(adapter)
+    engine.start(adapter.prefix_text())
+    before, position = engine.cache.state(), engine.next_position
+    other = KVEngine(adapter)
+    other.start("something else entirely")
+    with pytest.raises(RuntimeError, match="outside rollback"):
+        engine.use_cache(other.cache, other.next_position)
+    with pytest.raises(KeyboardInterrupt), engine.rollback():
+        engine.use_cache(other.cache, other.next_position)
+        engine.prefill(adapter.text_segment(adapter.tokenize("more"), engine.next_position))
+        raise KeyboardInterrupt
+    assert states_equal(before, engine.cache.state()) and engine.next_position == position
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_timestamps_are_refused_before_anything_is_ingested(bad):
+    s = StreamingSession(tiny_adapter("llava_onevision"))
+    frames, times = random_frames(3, seed=4)
+    times = times.copy()
+    times[1] = bad
+    with pytest.raises(ValueError, match="timestamps must be finite seconds"):
+        s.add_frames(frames, times)
+    assert s.stats.frames == 0 and not s._pending_frames
+
+
+def test_a_frame_size_change_inside_a_group_is_a_clear_error():
+    s = StreamingSession(tiny_adapter("qwen2_5_vl"), config=StreamConfig(chunk_frames=2))
+    small, t = random_frames(3, size=56, seed=5)
+    big, _ = random_frames(2, size=84, seed=6)
+    s.add_frames(small, t)  # one frame pending
+    with pytest.raises(ValueError, match=r"frame size changed from 56x56 to 84x84 inside a temporal group"):
+        s.add_frames(big, t[-1] + 1 + np.arange(2.0))
+    s.add_frames(small[:1], t[-1:] + 1)  # completes the group at the old size
+    s.add_frames(big, t[-1] + 2 + np.arange(2.0))  # a new chunk may have a new size
+    assert s.stats.frames == 6
+
+
+def test_chunk_helpers():
+    assert group_chunk_frames(7, 2) == 6 and group_chunk_frames(1, 2) == 2
+    assert chunk_spans(7, 4, 2) == [ChunkSpan(0, 4), ChunkSpan(4, 6), ChunkSpan(6, 7, pad=1)]
+    f, t = random_frames(3, seed=7)
+    pf, pt, n = pad_to_group(f, t, 2)
+    assert n == 1 and pf.shape[0] == 4 and np.array_equal(pf[3], f[2]) and pt[3] == t[2] + PAD_STEP_S
+    assert pad_to_group(f[:2], t[:2], 2)[2] == 0
+
+
+def test_text_lm_runs_on_the_same_engine():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ppllava_hermes.models.text_lm import CausalLMAdapter
+    from ppllava_hermes.testing import byte_tokenizer
+
+    tok = byte_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    lm = CausalLMAdapter(model, tok)
+    engine = KVEngine(lm, make_policy("window", budget=80))
+    engine.start(lm.prefix_text())
+    ids = torch.randint(5, len(tok) - 5, (12,))
+    for k in range(10):
+        engine.prefill(lm.text_segment(ids, engine.next_position, TokenKind.VISUAL, frame_id=k))
+        engine.compress()
+    held = engine.cache.layers[0].frame_ids[engine.cache.layers[0].kinds == int(TokenKind.VISUAL)]
+    assert 0 < len(held) <= 80 and engine.stats.compress_log and int(held.min()) > 0  # the oldest chunk left
+    assert engine.next_position == engine.cache.max_position() + 1  # re-indexed, contiguous
+    out = engine.generate(lm.tokenize("question"), GenerationConfig(max_new_tokens=3))
+    assert len(out.token_ids) <= 3 and out.cache_tokens == engine.cache.physical_length()
