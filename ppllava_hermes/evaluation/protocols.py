@@ -378,7 +378,7 @@ class Engine:
                total_s: float | None = None, visual_tokens: int | None = None, response_time: float | None = None,
                polls: int = 0, probes: list[dict[str, Any]] | None = None, error: str | None = None) -> RecordResult:
         rss, peak_rss = process_memory()
-        frames = session.stats.frames
+        frames = answer.frames_seen if answer is not None else session.stats.frames  # pending frames included
         kv = answer.kv_bytes if answer is not None else session.cache.kv_bytes()
         return RecordResult(
             index=index,
@@ -406,7 +406,7 @@ class Engine:
             rss_bytes=rss,
             peak_rss_bytes=peak_rss,
             frames_seen=int(frames),
-            stream_seconds=session.frame_log[-1][1] if session.frame_log else None,
+            stream_seconds=answer.last_frame_time if answer is not None else session.last_frame_time,
             ingest_s=float(ingest_s),
             frames_per_s=float(frames / ingest_s) if ingest_s > 0 else 0.0,
             probes=probes or [],

@@ -14,7 +14,7 @@ import numpy as np
 from ..memory.policy import MemoryPolicy
 from ..models.base import VisualTokens, VLMAdapter
 from ..pooling import PromptGuidedPooling
-from .chunks import chunk_spans, encode_pooled, pad_to_group, span_frames
+from .chunks import encode_pooled, group_chunk_frames, pad_to_group
 from .pooling_stage import pool_visual
 from .session import Answer, GenerationConfig, StreamConfig, StreamingSession
 
@@ -54,13 +54,16 @@ class OfflineVideoQA:
         timestamps = np.asarray(timestamps, dtype=np.float64)
         if len(frames) == 0:
             raise ValueError("OfflineVideoQA.load(): no frames")
+        # The whole video is known: pad it once, then cut it into chunks of whole groups.
+        frames, timestamps, padded = pad_to_group(frames, timestamps, self.adapter.frames_per_group)
+        real = len(frames) - padded
+        step = group_chunk_frames(self.config.chunk_frames, self.adapter.frames_per_group)
         self.chunks = []
-        for span in chunk_spans(len(frames), self.config.chunk_frames, self.adapter.frames_per_group):
-            f, t = span_frames(frames, timestamps, span)
-            visual = encode_pooled(self.adapter, f, t, span.start)
+        for start in range(0, len(frames), step):
+            stop = min(start + step, len(frames))
+            visual = encode_pooled(self.adapter, frames[start:stop], timestamps[start:stop], start)
             self.encode_calls += 1
-            self.chunks.append(_Chunk(visual, t[: len(t) - span.pad], slice(span.start, span.stop + span.pad)))
-        frames, _, _ = pad_to_group(frames, timestamps, self.adapter.frames_per_group)
+            self.chunks.append(_Chunk(visual, timestamps[start : min(stop, real)], slice(start, stop)))
         self.clip_features = self.scorer.encode_video(frames) if self.scorer is not None else None
 
     def ask(self, question: str, generation: GenerationConfig | None = None) -> Answer:

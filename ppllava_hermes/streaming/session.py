@@ -138,6 +138,11 @@ class StreamingSession:
         return self.engine.logits_log
 
     @property
+    def seen_times(self) -> list[float]:
+        """Timestamps (s) of every frame handed to the session: ingested, then pending (what a question sees)."""
+        return [t for _, t in self.frame_log] + list(self._pending_times)
+
+    @property
     def last_frame_time(self) -> float | None:
         """Timestamp (s) of the newest frame handed to the session, pending ones included."""
         if self._pending_times:

@@ -2,21 +2,26 @@
 
 Public API:
     probe(path) -> VideoInfo
-    read_video(path, *, fps=None, num_frames=None, max_frames=None, backend="auto") -> VideoClip
+    read_video(path, *, fps=None, num_frames=None, max_frames=None, max_side=None, backend="auto")
+        -> VideoClip
     stream_video(source, *, chunk_frames=None, chunk_seconds=None, fps=None, realtime=False,
-                 max_frames=None, backend="auto", image_fps=1.0, timeout=10.0, options=None)
-        -> Iterator[VideoClip]
+                 max_frames=None, max_side=None, backend="auto", image_fps=1.0, timeout=10.0,
+                 options=None) -> Iterator[VideoClip]
     write_video(path, frames, fps, *, codec="h264", keyframe_interval=None, rotation=0, options=None) -> Path
     uniform_indices(n_total, n), fps_indices(timestamps, target_fps), FpsSampler, Sampling
-    VideoClip, VideoInfo, VideoError, VideoNotFoundError, VideoDecodeWarning
+    fit_size(height, width, max_side)
+    VideoClip, VideoInfo, VideoError, VideoNotFoundError, VideoDecodeWarning, VideoBackendWarning
 
-Everything here returns RGB uint8 frames at their stored resolution (rotated upright); resizing and
-model preprocessing belong to later stages.
+Files decode with torchcodec when it can run here, else with PyAV (one VideoBackendWarning says why);
+decord only with ``backend="decord"``. Everything here returns RGB uint8 frames, rotated upright, at
+their stored resolution unless ``max_side`` asks for smaller frames (resized right after decoding);
+model preprocessing belongs to later stages.
 """
 
-from .errors import VideoDecodeWarning, VideoError, VideoNotFoundError
+from .errors import VideoBackendWarning, VideoDecodeWarning, VideoError, VideoNotFoundError
 from .reader import VideoInfo, probe, read_video
 from .sampling import FpsSampler, Sampling, fps_indices, uniform_indices
+from .sizing import fit_size
 from .sources import stream_video
 from .types import VideoClip
 from .writer import write_video
@@ -24,11 +29,13 @@ from .writer import write_video
 __all__ = [
     "FpsSampler",
     "Sampling",
+    "VideoBackendWarning",
     "VideoClip",
     "VideoDecodeWarning",
     "VideoError",
     "VideoInfo",
     "VideoNotFoundError",
+    "fit_size",
     "fps_indices",
     "probe",
     "read_video",

@@ -1,4 +1,4 @@
-"""decord plumbing: optional import, opening a reader, timestamps, fetching frames in index batches.
+"""decord plumbing (optional, selectable only with ``backend="decord"``): optional import, opening a reader, timestamps, fetching frames in index batches.
 
 Knows: that decord may be absent, that its timestamps are float32, that it may raise on damaged
 data and that its output must be checked (it returns garbled 4-channel frames for rotated videos).
@@ -38,13 +38,15 @@ def import_decord() -> ModuleType | None:
     return decord
 
 
-def open_reader(path: str):
-    """A ``decord.VideoReader`` for ``path``; :class:`DecordFailed` if decord is missing or refuses it."""
+def open_reader(path: str, size: tuple[int, int] | None = None):
+    """A ``decord.VideoReader`` for ``path`` (resizing to ``size`` ``(H, W)`` inside the decoder when given);
+    :class:`DecordFailed` if decord is missing or refuses it."""
     decord = import_decord()
     if decord is None:
         raise DecordFailed("decord is not installed")
+    h, w = size if size is not None else (-1, -1)
     try:
-        return decord.VideoReader(path, ctx=decord.cpu(0))
+        return decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h)
     except Exception as exc:
         raise DecordFailed(describe_exception(exc)) from None
 

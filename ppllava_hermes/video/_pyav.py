@@ -1,14 +1,18 @@
 """PyAV (FFmpeg) plumbing shared by the reader and the streaming sources.
 
-Knows: opening a container with an optional connect/read timeout, mapping pts to seconds, demuxing
-and decoding packet by packet while skipping what the decoder rejects (and counting it), and turning
-a frame into an upright ``(H, W, 3)`` uint8 RGB array (display-matrix rotation applied).
-Does not know: which frames to keep, chunking, decord, or how results are reported to the caller
-beyond :class:`DecodeStats` and :class:`~ppllava_hermes.video.errors.VideoError`.
+Knows: opening a container with an optional connect/read timeout, mapping pts to seconds, indexing a
+file's frames and keyframes from packets alone, demuxing and decoding packet by packet while skipping
+what the decoder rejects (and counting it), decoding only chosen frames of a file by seeking to the
+keyframe before each one and decoding forward to it (:func:`seek_frames`), and turning a frame into an
+upright ``(H, W, 3)`` uint8 RGB array (display-matrix rotation applied), optionally resized inside
+swscale during the colour conversion, so no full-resolution RGB copy is ever made.
+Does not know: which frames to keep, chunking, torchcodec or decord, or how results are reported to
+the caller beyond :class:`DecodeStats` and :class:`~ppllava_hermes.video.errors.VideoError`.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import warnings
 from collections.abc import Iterator, Mapping
@@ -62,11 +66,22 @@ def quarter_turns(rotation: float, source: str) -> int:
     return k % 4
 
 
-def to_rgb(frame: av.VideoFrame, source: str) -> np.ndarray:
-    """Decoded frame -> ``(H, W, 3)`` uint8 RGB, rotated upright as the display matrix asks."""
-    rgb = frame.to_ndarray(format="rgb24")
+def to_rgb(frame: av.VideoFrame, source: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decoded frame -> ``(H, W, 3)`` uint8 RGB, rotated upright as the display matrix asks.
+
+    ``size`` is the upright ``(H, W)`` wanted; swscale resizes while converting to RGB (bilinear,
+    which filters over the whole source footprint when shrinking).
+    """
     # FFmpeg's display-matrix angle is counter-clockwise, as is np.rot90 with positive k
     k = quarter_turns(frame.rotation, source)
+    if size is None:
+        rgb = frame.to_ndarray(format="rgb24")
+    else:
+        h, w = (size[1], size[0]) if k % 2 else size  # the stored frame is not rotated yet
+        if (h, w) == (frame.height, frame.width):
+            rgb = frame.to_ndarray(format="rgb24")
+        else:
+            rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
     return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
 
@@ -175,7 +190,7 @@ def decoded_frames(
     Broken frames are counted in ``stats`` and skipped; timestamps of the others come from their own
     pts, so a skipped frame never shifts the timing of later ones. ``count_leading=False`` ignores
     losses before the first good frame (a live stream joined between keyframes loses those normally).
-    ``timeline`` defaults to the stream's own (see :func:`index_keys`, which returns the same one).
+    ``timeline`` defaults to the stream's own (see :func:`index_stream`, which returns the same one).
     """
     pending: set[int] = set()  # pts of packets sent to the decoder whose frame has not come out yet
     last_ts = -math.inf
@@ -225,30 +240,108 @@ def decoded_frames(
     stats.lost += len(pending)
 
 
-def index_keys(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, source: str
-) -> tuple[np.ndarray, Timeline]:
-    """Keys of every frame the container announces, from packets alone (no decoding).
+@dataclass
+class StreamIndex:
+    """Every frame a file announces, from packets alone (no decoding).
 
-    Returns:
-        ``(keys, timeline)``: ``(T,)`` int64 keys sorted by presentation time, and their timeline.
+    Attributes:
+        keys: ``(T,)`` int64 frame keys sorted by presentation time (pts, or decode order without pts).
+        keyframes: ``(K,)`` int64 sorted pts of keyframe packets; empty when the stream has no pts
+            (then it cannot be seeked by pts and is decoded from the start).
+        timeline: maps keys to seconds.
     """
+
+    keys: np.ndarray
+    keyframes: np.ndarray
+    timeline: Timeline
+
+    def seconds(self) -> np.ndarray:
+        """``(T,)`` float64 seconds of every key."""
+        return np.array([self.timeline.seconds(int(k)) for k in self.keys], dtype=np.float64)
+
+
+def index_stream(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, source: str
+) -> StreamIndex:
+    """The :class:`StreamIndex` of a file's video stream (reads every packet, decodes none)."""
     pts: list[int] = []
+    key_pts: list[int] = []
     count = 0
-    any_pts = False
     for packet in demux_packets(container, stream, source, None):
         if packet.size > 0:
             count += 1
             if packet.pts is not None:
-                any_pts = True
                 pts.append(packet.pts)
-    if not any_pts:
-        return np.arange(count, dtype=np.int64), Timeline.for_stream(stream, ordinal=True)
+                if packet.is_keyframe:
+                    key_pts.append(packet.pts)
+    if not pts:
+        empty = np.zeros(0, dtype=np.int64)
+        return StreamIndex(np.arange(count, dtype=np.int64), empty, Timeline.for_stream(stream, ordinal=True))
     keys = np.unique(np.asarray(pts, dtype=np.int64))
     timeline = Timeline.for_stream(stream)
     if timeline.start is None:
         timeline.start = int(keys[0])
-    return keys, timeline
+    return StreamIndex(keys, np.unique(np.asarray(key_pts, dtype=np.int64)), timeline)
+
+
+def seek_frames(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    source: str,
+    index: StreamIndex,
+    positions: np.ndarray,
+    stats: DecodeStats,
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Decode only the frames ``index.keys[positions]`` (``positions`` increasing); yields ``(position, frame)``.
+
+    Before a wanted frame whose GOP starts after the decoder's position, the container is seeked to
+    that GOP's keyframe (by its pts, which no earlier packet's dts can pass) and decoding goes forward
+    from there; wanted frames in the GOP being decoded are reached by decoding forward, so dense
+    sampling decodes sequentially. Frames that cannot be decoded are not yielded (the caller counts
+    what is missing). Without keyframe pts (elementary streams) the whole stream is decoded in order.
+    """
+    wanted = [int(index.keys[p]) for p in positions]
+    keyframes = index.keyframes.tolist()
+    first = int(index.keys[0]) if len(index.keys) else 0
+
+    def gop_start(key: int) -> int | None:
+        j = bisect.bisect_right(keyframes, key) - 1
+        return keyframes[j] if j >= 0 else None
+
+    i, n = 0, len(wanted)
+    frames: Iterator[tuple[int, float, av.VideoFrame]] | None = None
+    sought: int | None = None  # the wanted key the last seek was for: never seek twice for one frame
+    try:
+        while i < n:
+            target = wanted[i]
+            start = gop_start(target)
+            if frames is not None:
+                frames.close()
+            if start is not None and start > first:
+                container.seek(start, stream=stream, backward=True, any_frame=False)
+                sought = target
+            elif frames is not None:  # the target's GOP is the first one: back to the start
+                container.seek(first, stream=stream, backward=True, any_frame=False)
+                sought = target
+            frames = decoded_frames(container, stream, source, stats, timeline=index.timeline)
+            for key, _, frame in frames:
+                while i < n and wanted[i] < key:
+                    i += 1  # passed without being decoded: lost
+                if i == n:
+                    break
+                if key == wanted[i]:
+                    yield int(positions[i]), frame
+                    i += 1
+                    if i == n:
+                        break
+                nxt_start = gop_start(wanted[i])
+                if nxt_start is not None and nxt_start > key and wanted[i] != sought:
+                    break  # the next wanted frame is in a later GOP: seek there
+            else:
+                break  # end of stream: whatever is still wanted was never decoded
+    finally:
+        if frames is not None:
+            frames.close()
 
 
 def warn_skipped(

@@ -1,8 +1,9 @@
 """Errors and warnings raised by the video input stage.
 
 Every failure to read a source becomes a :class:`VideoError` whose message names the source and the
-reason, so callers never see a raw decord/PyAV/FFmpeg traceback. Frames that are skipped while the
-rest of the source is still readable produce a :class:`VideoDecodeWarning` instead.
+reason, so callers never see a raw torchcodec/decord/PyAV/FFmpeg traceback. Frames that are skipped while
+the rest of the source is still readable produce a :class:`VideoDecodeWarning` instead; a preferred
+decoder that cannot run here produces one :class:`VideoBackendWarning`.
 
 This module knows nothing about decoding; it only formats messages.
 """
@@ -13,6 +14,8 @@ import os
 import re
 
 _DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+# torchcodec prefixes C++ messages with "function, /path/file.cpp:123, "
+_TORCHCODEC_PREFIX = re.compile(r"^\w+, \S+\.(?:cpp|cc|h):\d+, ")
 
 
 class VideoError(ValueError):
@@ -43,12 +46,17 @@ class VideoDecodeWarning(UserWarning):
     """Some frames of a source could not be decoded and were skipped; the others are returned."""
 
 
+class VideoBackendWarning(UserWarning):
+    """The preferred decoder (torchcodec) cannot run here; files are decoded with PyAV instead."""
+
+
 def describe_exception(exc: BaseException) -> str:
-    """One-line cause for an exception coming out of PyAV/decord, without their tracebacks."""
+    """One-line cause for an exception coming out of PyAV/torchcodec/decord, without their tracebacks."""
     strerror = getattr(exc, "strerror", None)  # av.error.FFmpegError carries FFmpeg's own message here
     if isinstance(strerror, str) and strerror:
         return strerror
     lines = [line for line in str(exc).splitlines() if line.strip()]
     # decord prefixes C++ messages with "[hh:mm:ss] /path/file.cc:123: ", sometimes nested
     line = _DECORD_PREFIX.sub("", lines[0]).strip() if lines else ""
+    line = _TORCHCODEC_PREFIX.sub("", line)
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__

@@ -1,9 +1,21 @@
 """Whole-file access: :func:`probe` a video, :func:`read_video` sampled frames into one :class:`VideoClip`.
 
 Knows: local video files. Every file is vetted with PyAV first (exists, non-empty, has a video stream
-with at least one decodable frame) so decord never sees garbage it could hang on; frames then come
-from decord when available, else from PyAV. Rotated videos (display matrix) come out upright.
-Does not know: URLs, devices and image folders (see :mod:`.sources`), resizing, or models.
+with at least one decodable frame), so no decoder ever sees garbage it could hang on, and each file's
+frames are indexed from its packets (pts and keyframes, no decoding), which fixes the frames chosen
+and their exact timestamps whatever decoder then fetches them. Decoders:
+
+* ``"torchcodec"`` (what ``backend="auto"`` uses when torchcodec imports and loads its FFmpeg
+  libraries): seeks by time to each chosen frame, resizes inside FFmpeg, a few frames per call;
+* ``"pyav"`` (the fallback, with one :class:`~ppllava_hermes.video.errors.VideoBackendWarning` per
+  process saying why): seeks to the keyframe before each chosen frame and decodes forward to it, and
+  skips frames it cannot decode with a :class:`~ppllava_hermes.video.errors.VideoDecodeWarning`;
+* ``"decord"``: only when asked for by name and installed (not a dependency).
+
+When torchcodec fails on a file under ``"auto"``, PyAV decodes it. Rotated videos (display matrix)
+come out upright. ``max_side`` shrinks frames right after each is decoded, so at most one small batch
+of full-resolution frames exists at a time.
+Does not know: URLs, devices and image folders (see :mod:`.sources`), or model preprocessing.
 """
 
 from __future__ import annotations
@@ -18,15 +30,17 @@ from typing import Literal
 
 import numpy as np
 
-from . import _decord, _pyav
+from . import _decord, _pyav, _torchcodec
 from .errors import VideoError, VideoNotFoundError, describe_exception
 from .sampling import Sampling
+from .sizing import check_max_side, fit_size
 from .types import VideoClip
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["auto", "decord", "pyav"]
-BACKENDS = ("auto", "decord", "pyav")
+Backend = Literal["auto", "torchcodec", "pyav", "decord"]
+BACKENDS = ("auto", "torchcodec", "pyav", "decord")
+DECODERS = ("torchcodec", "pyav", "decord")
 
 
 @dataclass(frozen=True)
@@ -41,7 +55,8 @@ class VideoInfo:
         width, height: size of the frames as returned, i.e. after rotation.
         rotation: counter-clockwise degrees (0, 90, 180, 270) the display matrix asks for; frames
             returned by this package are already rotated by it.
-        backend: what ``read_video(path, backend="auto")`` tries first ("decord" or "pyav").
+        backend: what ``read_video(path, backend="auto")`` tries first ("torchcodec" or "pyav"; "decord"
+            is accepted for infos built by callers).
         codec: FFmpeg codec name, e.g. "h264".
     """
 
@@ -66,8 +81,8 @@ class VideoInfo:
             raise ValueError(f"width and height must be >= 1, got {self.width}x{self.height}")
         if self.rotation not in (0, 90, 180, 270):
             raise ValueError(f"rotation must be 0, 90, 180 or 270, got {self.rotation}")
-        if self.backend not in ("decord", "pyav"):
-            raise ValueError(f"backend must be 'decord' or 'pyav', got {self.backend!r}")
+        if self.backend not in DECODERS:
+            raise ValueError(f"backend must be one of {DECODERS}, got {self.backend!r}")
 
 
 @dataclass(frozen=True)
@@ -150,7 +165,8 @@ def _probe_container(src: str) -> _Probed:
             duration = num_frames / float(rate) if rate else 0.0
         fps = float(rate) if rate else (num_frames / duration if duration > 0 else 0.0)
         h, w = first.height, first.width
-        usable_decord = _decord.import_decord() is not None and rotation == 0
+        time_base = Fraction(stream.time_base) if has_pts and stream.time_base else None
+        usable_torchcodec = _torchcodec.import_torchcodec() is not None and time_base is not None
         info = VideoInfo(
             path=src,
             num_frames=num_frames,
@@ -159,10 +175,9 @@ def _probe_container(src: str) -> _Probed:
             width=h if rotation in (90, 270) else w,
             height=w if rotation in (90, 270) else h,
             rotation=rotation,
-            backend="decord" if usable_decord else "pyav",
+            backend="torchcodec" if usable_torchcodec else "pyav",
             codec=stream.codec_context.name,
         )
-        time_base = Fraction(stream.time_base) if has_pts and stream.time_base else None
         return _Probed(info=info, time_base=time_base)
 
 
@@ -171,25 +186,40 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     return _probe(path).info
 
 
-def plan_decord(probed: _Probed, backend: str) -> bool:
-    """Whether to try decord for this file; raises when ``backend="decord"`` cannot be honoured."""
+def plan_backend(probed: _Probed, backend: str) -> str:
+    """The decoder to try first for this file ("torchcodec", "decord" or "pyav").
+
+    Raises:
+        ImportError: a named backend is not installed or cannot load.
+        VideoError: a named backend cannot decode this file correctly.
+    """
+    info = probed.info
     if backend == "pyav":
-        return False
-    if _decord.import_decord() is None:
-        if backend == "decord":
+        return "pyav"
+    if backend == "decord":
+        if _decord.import_decord() is None:
             raise ImportError(
                 "backend='decord' was requested but decord is not installed (pip install decord)"
             )
-        return False
-    if probed.info.rotation:
-        if backend == "decord":
+        if info.rotation:
             raise VideoError(
-                probed.info.path,
-                f"decord cannot decode rotated videos (rotation {probed.info.rotation} degrees) correctly; "
-                "use backend='auto' or 'pyav', which return upright frames",
+                info.path,
+                f"decord cannot decode rotated videos (rotation {info.rotation} degrees) correctly; "
+                "use backend='auto', 'torchcodec' or 'pyav', which return upright frames",
             )
-        return False
-    return True
+        return "decord"
+    if _torchcodec.import_torchcodec() is None:
+        if backend == "torchcodec":
+            raise ImportError(f"backend='torchcodec' was requested but {_torchcodec.unavailable_reason()}")
+        _torchcodec.warn_fallback_once()
+        return "pyav"
+    if probed.time_base is None:
+        if backend == "torchcodec":
+            raise VideoError(
+                info.path, "torchcodec cannot locate frames of a stream without timestamps; use 'auto' or 'pyav'"
+            )
+        return "pyav"
+    return "torchcodec"
 
 
 def read_video(
@@ -198,6 +228,7 @@ def read_video(
     fps: float | None = None,
     num_frames: int | None = None,
     max_frames: int | None = None,
+    max_side: int | None = None,
     backend: Backend = "auto",
 ) -> VideoClip:
     """Decode a local video file into one clip.
@@ -207,31 +238,72 @@ def read_video(
         fps: sample at this rate: for each point of the grid ``t0 + j / fps`` the nearest frame.
         num_frames: instead of ``fps``, this many frames spread uniformly over the video.
         max_frames: cap on the number of frames; more are thinned uniformly (works with ``fps`` or alone).
-        backend: "auto" tries decord and falls back to PyAV when decord is missing, the video is
-            rotated, or decord fails on the file; "decord" or "pyav" force one library.
+        max_side: shrink frames (aspect kept, never enlarged) so the longer side is at most this many
+            pixels, right after each frame is decoded; ``None`` keeps the stored resolution.
+        backend: "auto" uses torchcodec when it imports and loads (else PyAV, warning once why) and falls
+            back to PyAV when torchcodec fails on the file; "torchcodec", "pyav" or "decord" force one.
 
     Returns:
         :class:`VideoClip` with frames ``(T, H, W, 3)`` uint8 RGB (upright) and timestamps ``(T,)``
-        float64 seconds from the container's pts, relative to the stream start.
+        float64 seconds from the container's pts, relative to the stream start. Every backend picks
+        the same frames and gives them bit-identical timestamps.
 
     Raises:
         VideoError: the file is missing, empty, not a video, has no video frames, or its selected frames
-            are all undecodable. Frames that cannot be decoded while others can are skipped with a
+            are all undecodable. Frames that PyAV cannot decode while others can are skipped with a
             :class:`~ppllava_hermes.video.errors.VideoDecodeWarning`.
-        ValueError: bad arguments. ImportError: ``backend="decord"`` without decord installed.
+        ValueError: bad arguments. ImportError: a named backend is not installed.
     """
     sampling = Sampling(fps=fps, num_frames=num_frames, max_frames=max_frames)
+    max_side = check_max_side(max_side)
     check_backend(backend)
     probed = _probe(path)
     src = probed.info.path
-    if plan_decord(probed, backend):
+    size = fit_size(probed.info.height, probed.info.width, max_side)
+    plan = plan_backend(probed, backend)
+    if plan == "decord":
         try:
-            return _read_decord(probed, sampling)
+            return _read_decord(probed, sampling, size)
         except _decord.DecordFailed as exc:
-            if backend == "decord":
-                raise VideoError(src, decord_failure(exc)) from None
-            logger.info("video %r: decord failed (%s); decoding with PyAV", src, exc)
-    return _read_pyav(probed, sampling)
+            raise VideoError(src, decord_failure(exc)) from None
+    index = file_index(src)
+    chosen = choose(index, sampling)
+    if plan == "torchcodec":
+        try:
+            return _read_torchcodec(probed, index, chosen, size)
+        except _torchcodec.TorchcodecFailed as exc:
+            if backend == "torchcodec":
+                raise VideoError(src, torchcodec_failure(exc)) from None
+            logger.info("video %r: torchcodec failed (%s); decoding with PyAV", src, exc)
+    return _read_pyav(probed, index, chosen, size)
+
+
+@dataclass(frozen=True)
+class FileIndex:
+    """A file's frames from its packets: :class:`~._pyav.StreamIndex`, seconds and the usable positions."""
+
+    stream: _pyav.StreamIndex
+    seconds: np.ndarray  # (T,) float64, per key
+    valid: np.ndarray  # positions whose time is after every earlier one (drops duplicates/reorders)
+
+
+def file_index(src: str) -> FileIndex:
+    """Index a (vetted) file with PyAV from packets alone; raises :class:`VideoError` on failure."""
+    try:
+        with _pyav.open_input(src) as container:
+            stream = _pyav.video_stream(container, src)
+            index = _pyav.index_stream(container, stream, src)
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise VideoError(src, f"cannot index frames ({describe_exception(exc)})") from None
+    ts = index.seconds()
+    return FileIndex(index, ts, _increasing(ts))
+
+
+def choose(index: FileIndex, sampling: Sampling) -> np.ndarray:
+    """Positions into ``index`` picked by ``sampling`` (``(K,)`` int64, increasing)."""
+    return index.valid[sampling.indices(index.seconds[index.valid])]
 
 
 class _Frames:
@@ -265,15 +337,34 @@ def decord_failure(exc: _decord.DecordFailed) -> str:
     return f"decord failed ({exc}); backend='auto' or 'pyav' decode it with PyAV and skip damaged frames"
 
 
-def _read_decord(probed: _Probed, sampling: Sampling) -> VideoClip:
+def torchcodec_failure(exc: _torchcodec.TorchcodecFailed) -> str:
+    return f"torchcodec failed ({exc}); backend='auto' or 'pyav' decode it with PyAV and skip damaged frames"
+
+
+def _read_decord(probed: _Probed, sampling: Sampling, size: tuple[int, int]) -> VideoClip:
     info = probed.info
-    reader = _decord.open_reader(info.path)
+    reader = _decord.open_reader(info.path, None if size == (info.height, info.width) else size)
     ts = _decord.reader_timestamps(reader, probed.time_base)
     valid = _increasing(ts)
     chosen = valid[sampling.indices(ts[valid])]
-    out = _Frames(info.path, len(chosen), (info.height, info.width))
+    out = _Frames(info.path, len(chosen), size)
     for i, frame in _decord.fetch(reader, chosen, shape=out.hw):
         out.add(frame, float(ts[i]))
+    return out.clip()
+
+
+def torchcodec_size(probed: _Probed, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The ``Resize`` to ask torchcodec for, or ``None`` to keep the stored size."""
+    return None if size == (probed.info.height, probed.info.width) else size
+
+
+def _read_torchcodec(probed: _Probed, index: FileIndex, chosen: np.ndarray, size: tuple[int, int]) -> VideoClip:
+    info = probed.info
+    assert probed.time_base is not None  # plan_backend never picks torchcodec without pts
+    decoder = _torchcodec.open_decoder(info.path, torchcodec_size(probed, size))
+    out = _Frames(info.path, len(chosen), size)
+    for pos, frame in _torchcodec.fetch(decoder, index.stream.keys, chosen, probed.time_base, shape=size):
+        out.add(frame, float(index.seconds[pos]))
     return out.clip()
 
 
@@ -285,31 +376,37 @@ def _increasing(ts: np.ndarray) -> np.ndarray:
     return np.flatnonzero(ts > running)
 
 
-def _read_pyav(probed: _Probed, sampling: Sampling) -> VideoClip:
-    info = probed.info
-    src = info.path
-    # pass 1: packets only, to know every frame's time before choosing (cheap: no decoding)
-    with _pyav.open_input(src) as container:
-        stream = _pyav.video_stream(container, src)
-        keys, timeline = _pyav.index_keys(container, stream, src)
-    ts = np.array([timeline.seconds(int(k)) for k in keys], dtype=np.float64)
-    valid = _increasing(ts)
-    chosen = valid[sampling.indices(ts[valid])]
-    wanted = {int(keys[i]) for i in chosen}
-    last_key = int(keys[chosen[-1]]) if len(chosen) else None
-    # pass 2: decode in order, convert only the chosen frames
-    out = _Frames(src, len(chosen), (info.height, info.width))
+def _read_pyav(
+    probed: _Probed, index: FileIndex, chosen: np.ndarray, size: tuple[int, int], *, seek: bool = True
+) -> VideoClip:
+    """Chosen frames through PyAV: seeking (default), or ``seek=False`` decoding every frame in order."""
+    src = probed.info.path
+    out = _Frames(src, len(chosen), size)
     stats = _pyav.DecodeStats()
     with _pyav.open_input(src) as container:
         stream = _pyav.video_stream(container, src)
         try:
-            for key, t, frame in _pyav.decoded_frames(container, stream, src, stats, timeline=timeline):
-                if key in wanted:
-                    out.add(_pyav.to_rgb(frame, src), t)
-                if key == last_key:
-                    break  # frames come out in presentation order: nothing chosen remains
+            if seek:
+                for pos, frame in _pyav.seek_frames(container, stream, src, index.stream, chosen, stats):
+                    out.add(_pyav.to_rgb(frame, src, size), float(index.seconds[pos]))
+            else:
+                _decode_all(container, stream, src, index, chosen, size, stats, out)
         except VideoError:
             raise
         except Exception as exc:  # anything PyAV raises that the decode loop did not anticipate
             raise VideoError(src, f"decoding failed ({describe_exception(exc)})") from None
     return out.clip()
+
+
+def _decode_all(container, stream, src, index: FileIndex, chosen, size, stats, out: _Frames) -> None:
+    keys = index.stream.keys
+    wanted = {int(keys[i]) for i in chosen}
+    last_key = int(keys[chosen[-1]]) if len(chosen) else None
+    if last_key is None:
+        return
+    timeline = index.stream.timeline
+    for key, t, frame in _pyav.decoded_frames(container, stream, src, stats, timeline=timeline):
+        if key in wanted:
+            out.add(_pyav.to_rgb(frame, src, size), t)
+        if key == last_key:
+            break  # frames come out in presentation order: nothing chosen remains

@@ -1,10 +1,13 @@
 """Streaming sources: :func:`stream_video` yields time-ordered :class:`VideoClip` chunks.
 
-Knows: local video files (decord index batches or PyAV demux/decode, never the whole video in
-memory), anything else PyAV opens (rtsp://, http://, /dev/video0, with a connect/read timeout so it
-never hangs), and folders of images (natural name order, timestamps from a frame rate, PIL decoding).
-Also frame-rate sampling on the fly, chunking by frame count and/or time window, and pacing to wall
-clock. Does not know: what consumes the chunks, resizing, or audio.
+Knows: local video files (indexed from packets, then the chosen frames fetched a small batch at a
+time by torchcodec, or by PyAV seeking to keyframes and decoding forward, or by decord when named;
+never the whole video in memory), anything else PyAV opens (rtsp://, http://, /dev/video0, with a
+connect/read timeout so it never hangs, sampled on the fly), and folders of images (natural name
+order, timestamps from a frame rate, PIL decoding). Also frame-rate sampling (files: the same frames
+as ``read_video``), chunking by frame count and/or time window, pacing to wall clock, and shrinking
+each frame to ``max_side`` right after it is decoded, so at most one chunk (or one decoder batch) of
+full-resolution frames exists at a time. Does not know: what consumes the chunks, or audio.
 """
 
 from __future__ import annotations
@@ -22,10 +25,23 @@ from typing import TypeVar
 
 import numpy as np
 
-from . import _decord, _pyav
+from . import _decord, _pyav, _torchcodec
 from .errors import VideoError, VideoNotFoundError, describe_exception
-from .reader import Backend, _increasing, _probe, _Probed, check_backend, decord_failure, plan_decord
+from .reader import (
+    Backend,
+    FileIndex,
+    _increasing,
+    _probe,
+    _Probed,
+    check_backend,
+    decord_failure,
+    file_index,
+    plan_backend,
+    torchcodec_failure,
+    torchcodec_size,
+)
 from .sampling import FpsSampler, fps_indices
+from .sizing import check_max_side, fit_size, resize_rgb
 from .types import VideoClip
 
 logger = logging.getLogger(__name__)
@@ -44,6 +60,7 @@ class StreamConfig:
     fps: float | None = None
     realtime: bool = False
     max_frames: int | None = None
+    max_side: int | None = None
     backend: Backend = "auto"
     image_fps: float = 1.0
     timeout: float | None = 10.0
@@ -65,6 +82,7 @@ class StreamConfig:
             if not (ok and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
             object.__setattr__(self, name, float(value))
+        object.__setattr__(self, "max_side", check_max_side(self.max_side))
         check_backend(self.backend)
         if self.chunk_frames is None and self.chunk_seconds is None:
             object.__setattr__(self, "chunk_seconds", 1.0)
@@ -78,6 +96,7 @@ def stream_video(
     fps: float | None = None,
     realtime: bool = False,
     max_frames: int | None = None,
+    max_side: int | None = None,
     backend: Backend = "auto",
     image_fps: float = 1.0,
     timeout: float | None = 10.0,
@@ -95,7 +114,10 @@ def stream_video(
         realtime: pace the chunks so each is yielded no earlier than its last timestamp, counted in
             wall-clock time from the first request.
         max_frames: stop after this many frames (kept frames, after ``fps`` sampling).
-        backend: for files, as in :func:`~ppllava_hermes.video.reader.read_video`; URLs and devices use PyAV.
+        max_side: shrink every frame (aspect kept, never enlarged) so its longer side is at most this
+            many pixels, right after it is decoded; ``None`` keeps the source resolution.
+        backend: for files, as in :func:`~ppllava_hermes.video.reader.read_video` (if torchcodec fails
+            mid-file under "auto", PyAV continues after the last frame yielded); URLs and devices use PyAV.
         image_fps: frame rate that gives image ``k`` of a folder the timestamp ``k / image_fps``.
         timeout: seconds to wait when connecting to and reading a URL/device before raising
             :class:`VideoError` (not used for local files).
@@ -116,6 +138,7 @@ def stream_video(
         fps=fps,
         realtime=realtime,
         max_frames=max_frames,
+        max_side=max_side,
         backend=backend,
         image_fps=image_fps,
         timeout=timeout,
@@ -126,11 +149,11 @@ def stream_video(
         frames = _image_frames(src, _list_images(src), cfg)
     elif kind == "file":
         probed = _probe(src)
-        frames = _file_frames(probed, plan_decord(probed, cfg.backend), cfg)
+        frames = _file_frames(probed, plan_backend(probed, cfg.backend), cfg)
     else:
-        if cfg.backend == "decord":
+        if cfg.backend in ("decord", "torchcodec"):
             raise VideoError(
-                src, "decord reads only local files; use backend='auto' or 'pyav' for URLs and devices"
+                src, f"{cfg.backend} reads only local files here; use backend='auto' or 'pyav' for URLs and devices"
             )
         frames = _pyav_frames(src, cfg, live=True)
     return _chunked(frames, src, cfg)
@@ -161,9 +184,41 @@ def _chunked(frames: Iterator[tuple[float, np.ndarray]], src: str, cfg: StreamCo
         frames.close()  # release the decoder now, also when the consumer stops early
 
 
+class _Chunk:
+    """Frames of the chunk being filled. With a frame count, they are copied into one preallocated
+    ``(chunk_frames, H, W, 3)`` array as they come (no second copy by ``np.stack``, and decoder
+    buffers are released frame by frame); otherwise they are listed and stacked at the end."""
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self.buffer: np.ndarray | None = None
+        self.images: list[np.ndarray] = []
+        self.stamps: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.buffer.shape[1:] if self.buffer is not None else self.images[0].shape
+
+    def add(self, ts: float, image: np.ndarray) -> None:
+        if self.capacity is None:
+            self.images.append(image)
+        else:
+            if self.buffer is None:
+                self.buffer = np.empty((self.capacity, *image.shape), dtype=np.uint8)
+            self.buffer[len(self.stamps)] = image
+        self.stamps.append(ts)
+
+    def clip(self, src: str) -> VideoClip:
+        n = len(self.stamps)
+        frames = np.stack(self.images) if self.buffer is None else self.buffer[:n]
+        return VideoClip(frames, np.asarray(self.stamps), src)
+
+
 def _chunks(frames: Iterable[tuple[float, np.ndarray]], src: str, cfg: StreamConfig) -> Iterator[VideoClip]:
-    images: list[np.ndarray] = []
-    stamps: list[float] = []
+    chunk = _Chunk(cfg.chunk_frames)
     window = 0
     t_first: float | None = None
     for ts, image in frames:
@@ -171,18 +226,17 @@ def _chunks(frames: Iterable[tuple[float, np.ndarray]], src: str, cfg: StreamCon
             t_first = ts
         # +1e-9: a frame exactly on a window boundary must not fall back into the previous window
         w = math.floor((ts - t_first) / cfg.chunk_seconds + 1e-9) if cfg.chunk_seconds else 0
-        if images and (w != window or image.shape != images[0].shape):
-            yield VideoClip(np.stack(images), np.asarray(stamps), src)
-            images, stamps = [], []
-        if not images:
+        if len(chunk) and (w != window or image.shape != chunk.shape):
+            yield chunk.clip(src)
+            chunk = _Chunk(cfg.chunk_frames)
+        if not len(chunk):
             window = w
-        images.append(image)
-        stamps.append(ts)
-        if cfg.chunk_frames is not None and len(images) >= cfg.chunk_frames:
-            yield VideoClip(np.stack(images), np.asarray(stamps), src)
-            images, stamps = [], []
-    if images:
-        yield VideoClip(np.stack(images), np.asarray(stamps), src)
+        chunk.add(ts, image)
+        if cfg.chunk_frames is not None and len(chunk) >= cfg.chunk_frames:
+            yield chunk.clip(src)
+            chunk = _Chunk(cfg.chunk_frames)
+    if len(chunk):
+        yield chunk.clip(src)
 
 
 def _paced(chunks: Iterator[VideoClip]) -> Iterator[VideoClip]:
@@ -213,42 +267,88 @@ def _sampled(items: Iterable[tuple[float, T]], fps: float | None) -> Iterator[tu
         prev = (ts, payload)
 
 
-def _file_frames(probed: _Probed, use_decord: bool, cfg: StreamConfig) -> Iterator[tuple[float, np.ndarray]]:
-    src = probed.info.path
-    last = -math.inf
-    if use_decord:
+def _file_frames(probed: _Probed, plan: str, cfg: StreamConfig) -> Iterator[tuple[float, np.ndarray]]:
+    info = probed.info
+    src = info.path
+    size = fit_size(info.height, info.width, cfg.max_side)
+    if plan == "decord":
         try:
-            for ts, image in _decord_frames(probed, cfg):
+            yield from _decord_frames(probed, cfg, size)
+        except _decord.DecordFailed as exc:
+            raise VideoError(src, decord_failure(exc)) from None
+        return
+    index = file_index(src)
+    chosen = index.valid
+    if cfg.fps is not None:
+        chosen = chosen[fps_indices(index.seconds[chosen], cfg.fps)]
+    if cfg.max_frames is not None:
+        chosen = chosen[: cfg.max_frames]
+    if plan == "torchcodec":
+        last = -math.inf
+        try:
+            for ts, image in _torchcodec_frames(probed, index, chosen, size):
                 last = ts
                 yield ts, image
             return
-        except _decord.DecordFailed as exc:
-            if cfg.backend == "decord":
-                raise VideoError(src, decord_failure(exc)) from None
-            logger.info("video %r: decord failed (%s); continuing with PyAV after t=%.3f s", src, exc, last)
-    # PyAV restarts from the beginning; its sampler anchors at the same first frame, so it picks the
-    # same frames, and we skip those already yielded
-    for ts, image in _pyav_frames(src, cfg, live=False):
-        if ts > last:
-            yield ts, image
+        except _torchcodec.TorchcodecFailed as exc:
+            if cfg.backend == "torchcodec":
+                raise VideoError(src, torchcodec_failure(exc)) from None
+            logger.info("video %r: torchcodec failed (%s); continuing with PyAV after t=%.3f s", src, exc, last)
+        # PyAV picks up exactly the chosen frames not yielded yet: no repeats, no gaps
+        chosen = chosen[index.seconds[chosen] > last]
+    yield from _pyav_file_frames(src, index, chosen, size)
 
 
-def _decord_frames(probed: _Probed, cfg: StreamConfig) -> Iterator[tuple[float, np.ndarray]]:
+def _decord_frames(probed: _Probed, cfg: StreamConfig, size: tuple[int, int]) -> Iterator[tuple[float, np.ndarray]]:
     info = probed.info
-    reader = _decord.open_reader(info.path)
+    reader = _decord.open_reader(info.path, None if size == (info.height, info.width) else size)
     ts = _decord.reader_timestamps(reader, probed.time_base)
     valid = _increasing(ts)
     chosen = valid[fps_indices(ts[valid], cfg.fps)] if cfg.fps is not None else valid
     if cfg.max_frames is not None:
         chosen = chosen[: cfg.max_frames]
-    for i, image in _decord.fetch(reader, chosen, shape=(info.height, info.width)):
+    for i, image in _decord.fetch(reader, chosen, shape=size):
         yield float(ts[i]), image
 
 
+def _torchcodec_frames(
+    probed: _Probed, index: FileIndex, chosen: np.ndarray, size: tuple[int, int]
+) -> Iterator[tuple[float, np.ndarray]]:
+    assert probed.time_base is not None  # plan_backend never picks torchcodec without pts
+    decoder = _torchcodec.open_decoder(probed.info.path, torchcodec_size(probed, size))
+    for pos, image in _torchcodec.fetch(decoder, index.stream.keys, chosen, probed.time_base, shape=size):
+        yield float(index.seconds[pos]), image
+
+
+def _pyav_file_frames(
+    src: str, index: FileIndex, chosen: np.ndarray, size: tuple[int, int]
+) -> Iterator[tuple[float, np.ndarray]]:
+    """The chosen frames of a file through PyAV (seeking); missing ones are counted and warned about."""
+    stats = _pyav.DecodeStats()
+    got, last_pos, done = 0, None, False
+    try:
+        with _pyav.open_input(src) as container:
+            stream = _pyav.video_stream(container, src)
+            for pos, frame in _pyav.seek_frames(container, stream, src, index.stream, chosen, stats):
+                got, last_pos = got + 1, pos
+                yield float(index.seconds[pos]), _pyav.to_rgb(frame, src, size)
+            done = True
+    except VideoError:
+        raise
+    except Exception as exc:  # anything PyAV raises that the decode loop did not anticipate
+        raise VideoError(src, f"decoding failed ({describe_exception(exc)})") from None
+    finally:
+        # stopped early: only the chosen frames before the last one yielded can be known missing
+        reached = len(chosen) if done else (int(np.searchsorted(chosen, last_pos)) + 1 if got else 0)
+        _pyav.warn_skipped(src, reached - got)
+
+
 def _pyav_frames(src: str, cfg: StreamConfig, *, live: bool) -> Iterator[tuple[float, np.ndarray]]:
+    """Everything PyAV opens, decoded in order and sampled on the fly (URLs and devices)."""
     stats = _pyav.DecodeStats()
     timeout = cfg.timeout if live else None
     fmt = "v4l2" if src.startswith("/dev/video") else None
+    size: tuple[int, int] | None = None
     try:
         with _pyav.open_input(
             src, timeout=timeout, options=cfg.options if live else None, format=fmt, what="cannot open"
@@ -258,7 +358,11 @@ def _pyav_frames(src: str, cfg: StreamConfig, *, live: bool) -> Iterator[tuple[f
                 container, stream, src, stats, timeout=timeout, count_leading=not live
             )
             for ts, frame in _sampled(((ts, frame) for _, ts, frame in decoded), cfg.fps):
-                yield ts, _pyav.to_rgb(frame, src)
+                if cfg.max_side is not None:
+                    turned = _pyav.quarter_turns(frame.rotation, src) % 2
+                    h, w = (frame.width, frame.height) if turned else (frame.height, frame.width)
+                    size = fit_size(h, w, cfg.max_side)  # per frame: live streams may change size
+                yield ts, _pyav.to_rgb(frame, src, size)
     except VideoError:
         raise
     except Exception as exc:  # anything PyAV raises that the decode loop did not anticipate
@@ -304,6 +408,8 @@ def _image_frames(folder: str, paths: list[Path], cfg: StreamConfig) -> Iterator
             except Exception:  # truncated or non-image file with an image suffix: skip it, keep timing
                 broken.append(path.name)
                 continue
+            if cfg.max_side is not None:
+                image = resize_rgb(image, fit_size(*image.shape[:2], cfg.max_side))
             yield ts, image
     finally:
         _pyav.warn_skipped(folder, len(broken), detail=f"unreadable images: {', '.join(broken[:5])}")
