@@ -125,6 +125,10 @@ class StreamingSession:
     def next_position(self) -> int:
         return self.engine.next_position
 
+    @next_position.setter
+    def next_position(self, value: int) -> None:
+        self.engine.next_position = value
+
     @property
     def rope(self):
         return self.engine.rope
