@@ -37,7 +37,7 @@ from ppllava_hermes.models.base import VLMAdapter
 from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSession
 from ppllava_hermes.testing import tiny_llava_onevision, tiny_qwen2_5_vl
 
-POLICIES = ["hermes", "window", "sink", "uniform", "full"]
+POLICIES = ["hermes", "window", "sink", "retrieval", "uniform", "full"]  # retrieval: peak KV is its resident window
 QUESTIONS = [
     "What is happening in the video right now?",
     "What color was the first object that appeared?",
