@@ -6,6 +6,17 @@ Subcommands:
     eval    run an evaluation (see ``ppllava_hermes.evaluation``)
 
 This module only parses arguments and prints; the work lives in the library.
+
+Errors: every bad input is one line naming the input and the reason, exit status 2 (usage: flags, paths,
+model specs) or 1 (a failure at run time); Ctrl-C is one line and status 130. ``--debug`` (before or
+after the subcommand) shows the traceback instead.
+
+``--ask`` times: ``SECONDS:QUESTION`` (``12.5:what?``) or a clock time ``M:SS:QUESTION`` / ``H:MM:SS:QUESTION``
+(``1:05:what?`` is 65 s, ``1:02:03:what?`` 3723 s). The rule that keeps them apart: a clock time has
+two-digit seconds (and two-digit minutes after hours), each below 60; the longest clock time at the start
+wins; a start that looks like a clock time but is not one (``0:5:``, ``1:75:``) is refused, never read as
+seconds plus a question beginning with digits. To ask at plain seconds a question that itself starts
+with ``NN:``, write the seconds with a decimal point: ``12.0:30: is that the time?``.
 """
 
 from __future__ import annotations
@@ -13,36 +24,96 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from . import plugins
-from .compat import MissingExtraError, missing_extra_message
-from .specs import POOL_MODES, SpecError, build_policy, kernel_arg, model_help, policy_names, relevance_help
+from .compat import EXTRA_OF_MODULE, MissingExtraError, missing_extra_message
+from .specs import (
+    POOL_MODES,
+    SpecError,
+    build_policy,
+    kernel_arg,
+    model_help,
+    new_tokens_arg,
+    nonnegative_float,
+    policy_names,
+    positive_float,
+    positive_int,
+    relevance_help,
+)
 from .streaming.timed import TimedQuestion
 
 __all__ = ["build_adapter", "build_policy", "kernel_arg", "main", "parse_timed_question"]
 
+_HMS = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d*)?):(.*)", re.S)
+_MS = re.compile(r"(\d+):([0-5]\d(?:\.\d*)?):(.*)", re.S)
+_CLOCKISH = re.compile(r"\d+:\d+(?:\.\d*)?:")
+_CLOCK_ONLY = re.compile(r"\d+(?::\d+)+(?:\.\d*)?:?")
+_ASK_FORMS = "SECONDS:QUESTION, M:SS:QUESTION or H:MM:SS:QUESTION, e.g. '12.5:what is happening?' or '1:05:what?'"
+
 
 def parse_timed_question(spec: str) -> TimedQuestion:
-    """``"12.5:what is happening?"`` -> TimedQuestion(12.5, "what is happening?")."""
-    head, sep, text = spec.partition(":")
-    try:
-        t = float(head)
-    except ValueError:
-        t = None
-    if not sep or t is None or not math.isfinite(t) or t < 0 or not text.strip():
+    """``"12.5:what is happening?"`` -> TimedQuestion(12.5, ...); ``"1:05:what?"`` -> 65 s; ``"1:02:03:q"`` -> 3723 s.
+
+    See the module docstring for the rule that tells clock times from seconds; anything else is an
+    ``argparse.ArgumentTypeError`` naming the value and the forms accepted.
+    """
+    text = spec.strip()
+    m = _HMS.fullmatch(text)
+    if m:
+        t, question = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]), m[4]
+    elif (m := _MS.fullmatch(text)) is not None:
+        t, question = int(m[1]) * 60 + float(m[2]), m[3]
+    elif _CLOCK_ONLY.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{spec!r}: a time with no question; expected {_ASK_FORMS}")
+    elif _CLOCKISH.match(text):
         raise argparse.ArgumentTypeError(
-            f"--ask {spec!r}: expected SECONDS:QUESTION with finite SECONDS >= 0, e.g. '12.5:what is happening?'"
-        )
-    return TimedQuestion(t, text.strip())
+            f"{spec!r}: not a clock time (seconds and minutes after hours need two digits, each below 60, "
+            f"e.g. 0:05); expected {_ASK_FORMS}")
+    else:
+        head, sep, question = text.partition(":")
+        try:
+            t = float(head)
+        except ValueError:
+            t = math.nan
+        if not sep or not math.isfinite(t) or t < 0:
+            raise argparse.ArgumentTypeError(f"{spec!r}: expected {_ASK_FORMS}, with a finite time >= 0")
+    if not question.strip():
+        raise argparse.ArgumentTypeError(f"{spec!r}: the question after the time is empty; expected {_ASK_FORMS}")
+    return TimedQuestion(float(t), question.strip())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``ppllava-hermes stream: error: argument --fps: ...`` (status 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def check_output_file(path: str, flag: str = "--json") -> Path:
+    """A file the command writes at the end, checked before any work: its folder exists and is writable."""
+    out = Path(path)
+    if out.is_dir():
+        raise SpecError(f"{flag} {path}: is a folder, expected a file name")
+    parent = out.parent
+    if not parent.exists():
+        raise SpecError(f"{flag} {path}: the folder {parent} does not exist")
+    if not parent.is_dir():
+        raise SpecError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or out.exists() and not os.access(out, os.W_OK):
+        raise SpecError(f"{flag} {path}: not writable")
+    return out
 
 
 def build_adapter(model: str, *, device: str | None = None, dtype: str = "auto"):
     """Resolve ``--model`` (``specs.load_model``), printing the model's note (e.g. random weights)."""
-    from .specs import load_model, model_note
+    from .specs import check_device, load_model, model_note
 
+    check_device(device)  # a --device this machine lacks: one line before anything loads
     note = model_note(model)
     if note:
         print(f"note: {note}")
@@ -65,6 +136,12 @@ def run_stream(args: argparse.Namespace) -> int:
     from .video import VideoError, probe, stream_video
 
     source = args.video
+    try:  # output paths first: nothing is lost at the end
+        if args.json:
+            check_output_file(args.json)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:  # bad input fails here, before any model is loaded
         info = probe(source) if Path(source).is_file() else None
         clips = stream_video(source, chunk_frames=args.chunk_frames, fps=args.fps, realtime=args.realtime,
@@ -87,8 +164,15 @@ def run_stream(args: argparse.Namespace) -> int:
         )
         session.start()
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_with_budget_hint(err, args, adapter, relevance)}", file=sys.stderr)
         return 2
+    limit = getattr(session.rope, "max_position_embeddings", None)
+    if limit:  # an answer must fit in the positions the system prompt leaves
+        left = int(limit) - int(session.engine.next_position)
+        if args.max_new_tokens >= left:
+            print(f"error: --max-new-tokens {args.max_new_tokens}: the model has {limit} positions and the system "
+                  f"prompt takes {session.engine.next_position}; use at most {max(1, left - 1)}", file=sys.stderr)
+            return 2
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                            temperature=args.temperature if args.temperature > 0 else 1.0, seed=args.seed)
     questions = args.ask or []
@@ -107,7 +191,11 @@ def run_stream(args: argparse.Namespace) -> int:
             "visual_tokens_seen": ans.visual_tokens_seen, "frames_seen": ans.frames_seen,
             "last_frame_time": ans.last_frame_time,
         }
+        if q.note:
+            row.update(asked_for=q.asked_for, note=q.note)
         results.append(row)
+        if q.note:
+            print(f"[{q.time:8.2f}s] note: {q.note}")
         print(f"[{q.time:8.2f}s] Q: {q.text}\n{'':11} A: {ans.text!r}\n{'':11} TTFT {row['ttft_ms']:.1f} ms, "
               f"total {row['total_ms']:.1f} ms, KV {_format_bytes(ans.kv_bytes)} ({ans.cache_tokens} entries/layer), "
               f"{ans.visual_tokens_seen} visual tokens seen, {ans.frames_seen} frames")
@@ -125,9 +213,47 @@ def run_stream(args: argparse.Namespace) -> int:
           f"encode {st.encode_s:.2f}s, prefill {st.prefill_s:.2f}s, compress {st.compress_s:.2f}s, "
           f"peak KV {_format_bytes(st.peak_kv_bytes)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"questions": results, "stats": {
-            k: v for k, v in asdict(st).items() if k != "compress_log"}}, indent=2))
+        try:
+            Path(args.json).write_text(json.dumps({"questions": results, "stats": {
+                k: v for k, v in asdict(st).items() if k != "compress_log"}}, indent=2))
+        except OSError as err:
+            print(f"error: --json {args.json}: {err.strerror or err}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _with_budget_hint(err: ValueError, args: argparse.Namespace, adapter, relevance: str | None) -> str:
+    """The session's message; when the memory's positions do not fit the model, plus the largest
+    ``--budget`` that does (found by starting sessions, halving the interval)."""
+    from .streaming import StreamConfig, StreamingSession
+
+    message = str(err)
+    if "positions do not fit" not in message or args.memory == "full":
+        return message
+
+    def error(budget: int) -> str | None:
+        try:
+            StreamingSession(adapter, memory=build_policy(args.memory, budget),
+                             pooling=build_pooling(args, adapter, relevance),
+                             config=StreamConfig(chunk_frames=args.chunk_frames,
+                                                 max_new_tokens=args.max_new_tokens)).start()
+        except ValueError as err:
+            return str(err)
+        return None
+
+    def too_big(budget: int) -> bool:
+        return "positions do not fit" in (error(budget) or "")
+
+    hi = args.budget if args.budget is not None else getattr(build_policy(args.memory, None), "budget", None)
+    if not isinstance(hi, int) or hi < 2 or too_big(1):
+        return message
+    lo = 1  # not too_big(lo), too_big(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if not too_big(mid) else (lo, mid)
+    if error(lo) is not None:
+        return f"{message}; no --budget of {args.memory} fits this model"
+    return f"{message}; the largest --budget that fits is {lo}"
 
 
 def _relevance(args: argparse.Namespace) -> str | None:
@@ -160,7 +286,7 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: CPU)")
     p.add_argument("--memory", default="hermes", choices=list(policy_names()),
                    help="KV memory policy (default: hermes); merge = DMC-style merging then HERMES at --budget")
-    p.add_argument("--budget", type=int, default=None,
+    p.add_argument("--budget", type=positive_int, default=None,
                    help="visual tokens kept per layer by the memory policy (default: the policy's own)")
     p.add_argument("--pool", default="none", choices=list(POOL_MODES),
                    help="token pooling before the LLM: none; avg (plain 3-D average pooling, no query); "
@@ -170,23 +296,35 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
     p.add_argument("--standing-query", default=None,
                    help="query given at session start: each incoming chunk is pooled against it (--pool prompt)")
     p.add_argument("--clip", default=None, help=f"--pool prompt: {relevance_help()}")
-    p.add_argument("--chunk-frames", type=int, default=8, help="frames per prefill chunk (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default 32)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--chunk-frames", type=positive_int, default=8, help="frames per prefill chunk (default 8)")
+    p.add_argument("--max-new-tokens", type=new_tokens_arg, default=32,
+                   help="answer length limit, 1 to 4096 and below the model's positions left (default 32)")
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0,
+                   help="0 = greedy (default); > 0 samples; negative values are refused")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
 
 
+def _add_debug(p: argparse.ArgumentParser, default=False) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="show the Python traceback of an error instead of its one-line message")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ppllava-hermes", description=__doc__.split("\n")[0])
+    """The ``ppllava-hermes`` command; returns its exit status (2: usage error, 1: run-time failure, 130: Ctrl-C)."""
+    parser = _Parser(prog="ppllava-hermes", description=__doc__.split("\n")[0])
+    _add_debug(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stream", help="stream a video (file, URL, device or image folder) and ask timed questions")
+    _add_debug(p, argparse.SUPPRESS)
     p.add_argument("video", help="video file, folder of images, or any URL / device PyAV opens (rtsp://, /dev/video0)")
     add_model_args(p, "tiny-qwen2.5-vl")
     p.add_argument("--ask", action="append", type=parse_timed_question, metavar="SECONDS:QUESTION",
-                   help="ask QUESTION when the stream reaches SECONDS (repeatable)")
-    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+                   help="ask QUESTION when the stream reaches SECONDS (repeatable); also M:SS:QUESTION and "
+                        "H:MM:SS:QUESTION with two-digit seconds (1:05:what? = 65 s); past the end of the stream "
+                        "a question is answered and reported at the last frame, with a note")
+    p.add_argument("--fps", type=positive_float, default=1.0, help="frames sampled per second of video (default 1)")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many frames")
     p.add_argument("--realtime", action="store_true", help="pace a file at real time, like a live stream")
     p.add_argument("--json", default=None, help="also write answers and statistics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -203,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                        description="Evaluate a VLM with memory and pooling configurations on a benchmark "
                                    "(offline or streaming protocol); writes JSON, Markdown and PNG plots.")
     add_eval_arguments(e)
+    _add_debug(e, argparse.SUPPRESS)
     e.set_defaults(func=lambda a: run_eval_command(a, argv))
 
     from . import recipes
@@ -215,17 +354,31 @@ def main(argv: list[str] | None = None) -> int:
         r.set_defaults(func=lambda a, kind=kind: _run_recipe(kind, a.name, a.args))
 
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     try:
         return int(args.func(args) or 0)
     except SpecError as err:  # a --model / --clip / kernel mistake anywhere below: one line
+        if debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:  # an optional dependency: say which extra brings it
         message = str(exc) if isinstance(exc, MissingExtraError) else missing_extra_message(exc.name or "")
-        if message is None:
+        if message is None or debug:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a failure at run time (the model, a file, the machine): one line
+        if debug:
+            raise
+        text = " ".join(str(err).split()) or "no message"
+        print(f"error: {type(err).__name__}: {text} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 def _run_recipe(kind: str, name: str, args: list[str]) -> int:
@@ -238,6 +391,14 @@ def _run_recipe(kind: str, name: str, args: list[str]) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         raise
+    except ModuleNotFoundError as exc:  # a recipe's optional dependency: the extra of its kind brings it
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRA_OF_MODULE:
+            raise
+        extra = "train" if kind == "train" else "eval"
+        print(f"error: the {kind} recipe {name!r} needs the optional package {top!r}: "
+              f"pip install 'ppllava-hermes[{extra}]'", file=sys.stderr)
+        return 2
     return result if isinstance(result, int) else 0
 
 

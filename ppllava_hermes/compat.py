@@ -35,6 +35,7 @@ EXTRA_OF_MODULE = {
     "open_clip": "clip",
     "timm": "clip",
     "trl": "train",
+    "datasets": "train",  # through trl
     "peft": "train",
     "tensorboard": "train",
     "accelerate": "eval",  # also in [train]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,92 @@ def kernel_arg(text: str) -> tuple[int, int, int]:
         return parse_kernel(text)
     except SpecError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+# ---------------------------------------------------------------------------------- numeric flags
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` of a count that must be >= 1 (``--chunk-frames``, ``--max-frames``, ``--budget``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type`` of a finite number > 0 (``--fps``, ``--minutes``); nan and inf are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number > 0")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse ``type`` of a finite number >= 0 (``--temperature``: 0 is greedy); nan and inf are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number >= 0")
+    return value
+
+
+#: The most tokens one answer may have (``--max-new-tokens``); the model's positions left may allow fewer.
+MAX_NEW_TOKENS = 4096
+
+
+def new_tokens_arg(text: str) -> int:
+    """argparse ``type`` of ``--max-new-tokens``: 1 to :data:`MAX_NEW_TOKENS`."""
+    value = positive_int(text)
+    if value > MAX_NEW_TOKENS:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_NEW_TOKENS} tokens per answer")
+    return value
+
+
+# ----------------------------------------------------------------------------------------- device
+
+
+def check_device(device: str | None) -> str | None:
+    """``--device`` checked before any model loads: a torch device string this machine has.
+
+    None (CPU) passes. Raises :class:`SpecError` for a malformed name (``bogus``), a device type with
+    nothing behind it here (``cuda:0`` without a GPU, ``mps`` off Apple silicon) or an index past the
+    devices present.
+    """
+    if device is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SpecError(f"--device {device!r}: not a torch device; expected cpu, cuda, cuda:N, mps, ...") from None
+    if dev.type == "cpu":
+        return device
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError(f"--device {device!r}: no CUDA GPU is available on this machine; leave --device out "
+                            "for the CPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpecError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return device
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SpecError(f"--device {device!r}: Apple MPS is not available on this machine")
+        return device
+    backend = getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise SpecError(f"--device {device!r}: no {dev.type} device is available on this machine")
+    return device
 
 
 # --------------------------------------------------------------------------------------- policies
@@ -230,6 +317,7 @@ def load_model(spec: str, *, device: str | None = None, dtype: Any = "auto"):
     their own. Raises :class:`SpecError` for every malformed, missing or unsupported spec.
     """
     spec = spec.strip()
+    check_device(device)
     named = _named(spec, MODELS, "model") if spec else None
     if named is not None:
         _, entry, arg = named

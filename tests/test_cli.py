@@ -21,6 +21,25 @@ def test_parse_timed_question():
             parse_timed_question(bad)
 
 
+@pytest.mark.parametrize("spec, time, text", [
+    ("0:15:question", 15.0, "question"),  # a clock time, never t=0 with the question "15:question"
+    ("1:05:what?", 65.0, "what?"),
+    ("01:30.5:what?", 90.5, "what?"),
+    ("1:02:03:what?", 3723.0, "what?"),  # the longest clock time wins
+    ("12.0:30: is it half past?", 12.0, "30: is it half past?"),  # a decimal point: plain seconds
+    ("7:what: a colon later", 7.0, "what: a colon later"),
+])
+def test_ask_accepts_seconds_and_clock_times(spec, time, text):
+    q = parse_timed_question(spec)
+    assert (q.time, q.text) == (time, text)
+
+
+@pytest.mark.parametrize("spec", ["0:5:q", "1:75:q", "1:60:00:q", "nan:x", "inf:x", "1:05:", "0:15"])
+def test_ask_refuses_ambiguous_or_non_finite_times(spec):
+    with pytest.raises(Exception, match="SECONDS:QUESTION"):
+        parse_timed_question(spec)
+
+
 def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit):
         main(["stream", "--help"])

@@ -3,6 +3,11 @@
 Parsing needs no torch (only the registries of ``plugins`` and ``specs``), so ``--help`` is quick; the
 model, torch and the protocols load when a run starts. Under ``accelerate launch`` each process answers its share of
 the videos and the main process writes the report.
+
+Nothing answered is lost: a record that fails is reported as that record's result and the run goes on; every
+result is appended to ``OUT/results.jsonl`` as it comes (``OUT/results.rankN.jsonl`` for the other processes of a
+sharded run), so after a crash, a kill or Ctrl-C ``--resume`` continues without asking any record twice. Output
+paths are checked before the model loads.
 """
 
 from __future__ import annotations
@@ -10,9 +15,18 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import asdict
 
 from .. import plugins
-from ..specs import kernel_arg, model_help, relevance_help
+from ..specs import (
+    kernel_arg,
+    model_help,
+    new_tokens_arg,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    relevance_help,
+)
 
 CONFIG_NAMES = "full, uniform (or uniform-N for N frames), window, sink, hermes, pooling, hermes+pooling"
 
@@ -46,9 +60,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--subset", default=None, help="StreamingBench / VCGBench subset (default: from the file name)")
     data.add_argument("--task-kinds", type=_csv(str), default=[],
                       help="only these task kinds, comma-separated: short, backward, realtime, forward, open, other")
-    data.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
-    data.add_argument("--world-videos", type=int, default=2, help="ShapesWorld: videos to generate (default 2)")
-    data.add_argument("--world-duration", type=float, default=60.0,
+    data.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N records")
+    data.add_argument("--world-videos", type=positive_int, default=2, help="ShapesWorld: videos to generate (default 2)")
+    data.add_argument("--world-duration", type=positive_float, default=60.0,
                       help="ShapesWorld: seconds per generated video (default 60)")
     data.add_argument("--world-split", default="test", choices=["train", "val", "test"],
                       help="ShapesWorld: seed range of the generated videos (default test)")
@@ -80,17 +94,17 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     proto.add_argument("--protocol", default="offline", choices=["offline", "streaming"],
                        help="offline: the video up to the question, sampled and encoded at once; streaming: one "
                             "session per video, each question asked at its time (default offline)")
-    proto.add_argument("--frames", type=int, default=32,
+    proto.add_argument("--frames", type=positive_int, default=32,
                        help="offline: frames sampled uniformly (with --fps: a cap; default 32)")
-    proto.add_argument("--fps", type=float, default=None,
+    proto.add_argument("--fps", type=positive_float, default=None,
                        help="offline: sample at this rate instead of --frames; streaming: stream rate "
                             "(default: every frame of the video)")
-    proto.add_argument("--chunk-frames", type=int, default=8, help="frames per prefill chunk (default 8)")
-    proto.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default 16)")
-    proto.add_argument("--poll-frames", type=int, default=None,
+    proto.add_argument("--chunk-frames", type=positive_int, default=8, help="frames per prefill chunk (default 8)")
+    proto.add_argument("--max-new-tokens", type=new_tokens_arg, default=16, help="answer length limit (default 16)")
+    proto.add_argument("--poll-frames", type=positive_int, default=None,
                        help="streaming: poll forward questions after this many new frames (default: one "
                             "temporal group of the model)")
-    proto.add_argument("--forward-tolerance", type=float, default=2.0,
+    proto.add_argument("--forward-tolerance", type=nonnegative_float, default=2.0,
                        help="seconds after the event a forward answer may come (a record's own wins; default 2)")
     proto.add_argument("--prompt-style", default="auto", choices=["auto", "letters", *plugins.PROMPT_STYLES.names(), "plain"],
                        help="how options are shown: letters ('A. text' lines), words (ShapesWorld), plain (none); "
@@ -101,6 +115,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--out", default="runs/eval",
                      help="folder for results.json, summary.md and the plots (default runs/eval)")
+    out.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from OUT/results.jsonl: records answered there are not "
+                          "asked again (the same flags are required); without it the log starts afresh")
     out.add_argument("--title", default=None, help="report title (default: the benchmark and protocol)")
     out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -123,32 +140,69 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def log_header(args: argparse.Namespace, base) -> dict:
+    """What an evaluation's results log is written for: resuming needs the same (the device may change)."""
+    config = {k: v for k, v in asdict(base).items() if k != "device"}
+    return {"version": 1, "config": config, "configs": list(args.configs), "budgets": list(args.budgets)}
+
+
+def _resume_hint(words: list[str]) -> str:
+    words = [w for w in words if w != "--resume"] + ["--resume"]
+    return "ppllava-hermes " + " ".join(shlex.quote(w) for w in words)
+
+
 def run_eval_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    """Run the comparison the arguments describe and write the report; returns an exit status."""
-    from .report import markdown, write_report
+    """Run the comparison the arguments describe and write the report; returns an exit status.
+
+    2: a usage error (flags, configuration names, output paths), before any model call; 130: interrupted
+    (the answered records are kept in the results log, ``--resume`` continues); 0 otherwise. A record that
+    fails is that record's result, not the run's end.
+    """
+    from ..specs import check_device
+    from .report import LOG_NAME, OutputPathError, ResultsLog, check_output_dir, markdown, write_report
     from .runner import process_shard, run_comparison
 
+    words = list(argv if argv is not None else sys.argv[1:])
     try:
         base = config_from_args(args)
         from .runner import comparison_configs
 
         comparison_configs(base, args.configs, args.budgets)  # every configuration name checked up front
+        check_device(args.device)
+        out = check_output_dir(args.out)  # before any work: a bad --out would lose all of it
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rank, world_size = process_shard()
+    name = LOG_NAME if rank == 0 else f"results.rank{rank}.jsonl"
     try:
-        runs = run_comparison(base, args.configs, args.budgets, progress=not args.quiet,
-                              shard=(rank, world_size))
-    except (ValueError, FileNotFoundError) as err:
+        log = ResultsLog(out, log_header(args, base), resume=getattr(args, "resume", False), name=name)
+    except OutputPathError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    kept = log.count
+    if kept and not args.quiet:
+        print(f"resuming: {kept} answered records kept from {log.path}")
+    try:
+        runs = run_comparison(base, args.configs, args.budgets, progress=not args.quiet,
+                              shard=(rank, world_size), done={k: list(v) for k, v in log.done.items()},
+                              on_result=log.append)
+    except KeyboardInterrupt:
+        log.close()
+        print(f"\ninterrupted: {log.count} answered records kept in {log.path}; continue with: "
+              f"{_resume_hint(words)}", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:
+        log.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    log.close()
     if rank != 0:
         return 0
-    words = argv if argv is not None else sys.argv[1:]
-    command = "ppllava-hermes " + " ".join(shlex.quote(w) for w in words) if words else None
+    command = "ppllava-hermes " + " ".join(shlex.quote(w) for w in words if w != "--resume") if words else None
     title = args.title or f"{base.benchmark} ({base.protocol} protocol)"
     paths = write_report(runs, args.out, title=title, command=command, plots=not args.no_plots)
+    paths["log"] = log.path
     print(markdown(runs, title=title))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

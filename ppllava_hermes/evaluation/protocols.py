@@ -29,7 +29,7 @@ import resource
 import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -416,6 +416,46 @@ class Engine:
 
 #: Called just before each question: ``(session, record, asked_at)``; tests read the frame log here.
 AskHook = Callable[[StreamingSession, QARecord, float], None]
+#: Called with each record's result as soon as it is known (the evaluator appends it to its log).
+ResultHook = Callable[[RecordResult], None]
+
+
+def failure_reason(index: int, record: QARecord, err: BaseException | str) -> str:
+    """``"record 3 (qid 'q7'): no frame in [50, 60] s"``: a record's failure, in one line."""
+    if isinstance(err, BaseException):
+        text = " ".join(str(err).split()) or type(err).__name__
+        if not isinstance(err, (ValueError, FileNotFoundError, OSError, RuntimeError)):
+            text = f"{type(err).__name__}: {text}"
+        err = text
+    return f"record {index} (qid {record.qid!r}): {err}"
+
+
+def error_result(index: int, record: QARecord, err: BaseException | str, *, prompt: str = "",
+                 asked_at: float | None = None) -> RecordResult:
+    """The result of a record that could not be answered: ``error`` names its index, qid and the reason;
+    it counts as wrong, with no cost."""
+    rss, peak_rss = process_memory()
+    return RecordResult(
+        index=index, qid=record.qid, benchmark=record.benchmark, video=record.video, task_type=record.task_type,
+        task_kind=record.task_kind, duration_class=record.duration_class, prompt=prompt, prediction="",
+        reference=reference_text(record), correct=False, score=0.0, asked_at=asked_at, response_time=None,
+        polls=0, ttft_s=0.0, total_s=0.0, visual_tokens=0, memory_tokens=0, kv_bytes=0, peak_kv_bytes=0,
+        rss_bytes=rss, peak_rss_bytes=peak_rss, frames_seen=0, stream_seconds=None, ingest_s=0.0,
+        frames_per_s=0.0, error=failure_reason(index, record, err),
+    )
+
+
+class _Results(list):
+    """The results of one video: a list that also hands each result to ``on_result`` as it comes."""
+
+    def __init__(self, on_result: ResultHook | None) -> None:
+        super().__init__()
+        self.on_result = on_result
+
+    def append(self, result: RecordResult) -> None:  # type: ignore[override]
+        super().append(result)
+        if self.on_result is not None:
+            self.on_result(result)
 
 
 def _check_causal(session: StreamingSession, record: QARecord, t: float) -> None:
@@ -493,8 +533,12 @@ def _probe_result(engine: Engine, index: int, record: QARecord, session: Streami
 
 
 def run_offline(items: Sequence[tuple[int, QARecord]], source: VideoSource, engine: Engine,
-                on_ask: AskHook | None = None) -> list[RecordResult]:
-    """Answer the records of one video offline (see the module docstring)."""
+                on_ask: AskHook | None = None, on_result: ResultHook | None = None) -> list[RecordResult]:
+    """Answer the records of one video offline (see the module docstring).
+
+    A record that cannot be answered (its frames cannot be read, the model fails) gets an error result
+    (:func:`error_result`) and the others go on; ``on_result`` receives each result as it comes.
+    """
     settings = engine.settings
     groups: dict[tuple[float | None, float | None], list[tuple[int, QARecord]]] = defaultdict(list)
     for index, record in items:
@@ -503,49 +547,62 @@ def run_offline(items: Sequence[tuple[int, QARecord]], source: VideoSource, engi
                              "it needs the streaming protocol")
         if not record.extra.get("probes"):
             groups[_offline_window(record, settings)].append((index, record))
-    results: list[RecordResult] = []
+    results: list[RecordResult] = _Results(on_result)
     for index, record in [item for item in items if item[1].extra.get("probes")]:
-        results.append(_offline_probes(index, record, source, engine, on_ask))
+        try:
+            results.append(_offline_probes(index, record, source, engine, on_ask))
+        except Exception as err:  # this record's failure is its result
+            results.append(error_result(index, record, err))
     for (start, end), members in groups.items():
-        clip = source.sample(num_frames=settings.num_frames, fps=settings.fps, start=start, end=end)
-        asked_at = float(end) if end is not None else float(clip.timestamps[-1])
-        if engine.method.repools_per_question:
-            t0 = time.perf_counter()
-            qa = QuestionPooledVideo(
-                engine.adapter, PromptGuidedPooling(PoolingConfig(kernel=engine.method.kernel, padding="replicate")),
-                engine.scorer, memory=engine.method.make_policy, chunk_frames=settings.chunk_frames)
-            with torch.no_grad():
-                qa.load(clip.frames, clip.timestamps)
-            encode_s = time.perf_counter() - t0
+        try:  # frames that cannot be read: every record of the window fails, the others go on
+            clip = source.sample(num_frames=settings.num_frames, fps=settings.fps, start=start, end=end)
+            asked_at = float(end) if end is not None else float(clip.timestamps[-1])
+            if engine.method.repools_per_question:
+                t0 = time.perf_counter()
+                qa = QuestionPooledVideo(
+                    engine.adapter, PromptGuidedPooling(PoolingConfig(kernel=engine.method.kernel,
+                                                                      padding="replicate")),
+                    engine.scorer, memory=engine.method.make_policy, chunk_frames=settings.chunk_frames)
+                with torch.no_grad():
+                    qa.load(clip.frames, clip.timestamps)
+                encode_s = time.perf_counter() - t0
+            else:
+                session = engine.new_session()
+                t0 = time.perf_counter()
+                session.add_frames(clip.frames, clip.timestamps)
+                session.flush()
+                ingest_s = time.perf_counter() - t0
+        except Exception as err:
             for index, record in members:
-                prompt = engine.prompt(record)
-                t1 = time.perf_counter()
-                session = qa.session_for(record.question)
-                repool_s = time.perf_counter() - t1
-                if on_ask is not None:
-                    on_ask(session, record, asked_at)
-                answer = session.ask(prompt, engine.generation)
-                ok = score_answer(record, answer.text, engine.judge)
-                results.append(engine.result(
-                    index, record, session, answer, prompt=prompt, prediction=answer.text, correct=ok,
-                    asked_at=asked_at, ingest_s=encode_s, ttft_s=repool_s + answer.ttft_s,
-                    total_s=repool_s + answer.total_s,
-                ))
+                results.append(error_result(index, record, err, asked_at=end))
             continue
-        session = engine.new_session()
-        t0 = time.perf_counter()
-        session.add_frames(clip.frames, clip.timestamps)
-        session.flush()
-        ingest_s = time.perf_counter() - t0
         for index, record in members:
             prompt = engine.prompt(record)
-            if on_ask is not None:
-                on_ask(session, record, asked_at)
-            answer = session.ask(prompt, engine.generation)
-            ok = score_answer(record, answer.text, engine.judge)
-            results.append(engine.result(index, record, session, answer, prompt=prompt, prediction=answer.text,
-                                         correct=ok, asked_at=asked_at, ingest_s=ingest_s))
-    return results
+            try:
+                if engine.method.repools_per_question:
+                    t1 = time.perf_counter()
+                    session = qa.session_for(record.question)
+                    repool_s = time.perf_counter() - t1
+                    if on_ask is not None:
+                        on_ask(session, record, asked_at)
+                    answer = session.ask(prompt, engine.generation)
+                    ok = score_answer(record, answer.text, engine.judge)
+                    result = engine.result(
+                        index, record, session, answer, prompt=prompt, prediction=answer.text, correct=ok,
+                        asked_at=asked_at, ingest_s=encode_s, ttft_s=repool_s + answer.ttft_s,
+                        total_s=repool_s + answer.total_s,
+                    )
+                else:
+                    if on_ask is not None:
+                        on_ask(session, record, asked_at)
+                    answer = session.ask(prompt, engine.generation)
+                    ok = score_answer(record, answer.text, engine.judge)
+                    result = engine.result(index, record, session, answer, prompt=prompt, prediction=answer.text,
+                                           correct=ok, asked_at=asked_at, ingest_s=ingest_s)
+            except Exception as err:  # ask() restored the memory: the next record sees what this one saw
+                result = error_result(index, record, err, prompt=prompt, asked_at=asked_at)
+            results.append(result)
+    return list(results)
 
 
 # ---------------------------------------------------------------------------------------- streaming
@@ -586,8 +643,19 @@ def _events(items: Sequence[tuple[int, QARecord]]) -> list[_Event]:
 
 
 def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, engine: Engine,
-                  on_ask: AskHook | None = None) -> list[RecordResult]:
-    """Answer the records of one video through one streaming session (see the module docstring)."""
+                  on_ask: AskHook | None = None, on_result: ResultHook | None = None,
+                  known: Collection[int] = ()) -> list[RecordResult]:
+    """Answer the records of one video through one streaming session (see the module docstring).
+
+    ``known``: indices among ``items`` answered before (an interrupted run being resumed). They give no
+    result and are not asked; the stream is still fed at their times, so the memory, and with it every
+    other answer, is what an uninterrupted run had (a known forward record is still polled, since its
+    answers decide when the stream is fed).
+
+    A record whose question fails (the model raises, its frames cannot be ingested) gets an error result
+    (:func:`error_result`) and the stream goes on; when the video cannot be read any further, the records
+    still waiting get one. ``on_result`` receives each result as it comes.
+    """
     settings = engine.settings
     session = engine.new_session()
     pending = deque(_events(items))
@@ -597,7 +665,8 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
             probe_left[ev.index] += 1
     probe_answers: dict[int, list[tuple[dict[str, Any], Answer, bool]]] = defaultdict(list)
     active: list[_Forward] = []
-    results: list[RecordResult] = []
+    results: list[RecordResult] = _Results(on_result)
+    failed: set[int] = set()  # records already given an error result (probe records have several events)
     buf_frames: list[np.ndarray] = []
     buf_times: list[float] = []
     ingest_s = 0.0
@@ -607,10 +676,12 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
         nonlocal ingest_s
         if buf_frames:
             t0 = time.perf_counter()
-            session.add_frames(np.stack(buf_frames), np.asarray(buf_times))
-            ingest_s += time.perf_counter() - t0
-            buf_frames.clear()
-            buf_times.clear()
+            try:
+                session.add_frames(np.stack(buf_frames), np.asarray(buf_times))
+            finally:  # frames that failed to go in are dropped: retrying them would repeat timestamps
+                ingest_s += time.perf_counter() - t0
+                buf_frames.clear()
+                buf_times.clear()
 
     def ask(record: QARecord, prompt: str, t: float) -> Answer:
         feed()  # a partial temporal group stays pending: ask() sees it without changing the memory
@@ -637,6 +708,8 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
         return True
 
     def finish_forward(fw: _Forward, ok: bool, rt: float | None, error: str | None = None) -> None:
+        if fw.index in known:
+            return
         results.append(engine.result(
             fw.index, fw.record, session, fw.last, prompt=fw.prompt,
             prediction=fw.last.text if fw.last else "", correct=ok, asked_at=fw.record.timestamp,
@@ -650,7 +723,12 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
             if not poll(fw, t):
                 active.append(fw)
             return
+        if ev.kind != "poll" and ev.index in known:  # answered before: fed as if asked, not asked
+            feed()
+            return
         if ev.kind == "probe":
+            if ev.index in failed:
+                return
             p = ev.probe or {}
             answer = ask(record, str(p["question"]), t)
             probe_answers[ev.index].append((p, answer, score_open(answer.text, str(p["answer"]))))
@@ -665,6 +743,18 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
         results.append(engine.result(ev.index, record, session, answer, prompt=prompt, prediction=answer.text,
                                      correct=ok, asked_at=t, ingest_s=ingest_s))
 
+    def fail(index: int, record: QARecord, err: BaseException | str, t: float | None) -> None:
+        if index not in failed and index not in known:
+            failed.add(index)
+            probe_answers.pop(index, None)
+            results.append(error_result(index, record, err, asked_at=t))
+
+    def safe_handle(ev: _Event, t: float) -> None:
+        try:
+            handle(ev, t)
+        except Exception as err:  # this record's failure is its result; ask() restored the memory
+            fail(ev.index, ev.record, err, t)
+
     def poll_active() -> None:
         t = now
         for fw in list(active):
@@ -672,42 +762,64 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
             if window is not None and t > window[1] + 1e-9:
                 finish_forward(fw, False, None)  # the window has closed: a miss, whatever comes later
                 active.remove(fw)
-            elif poll(fw, t):
+                continue
+            try:
+                fired = poll(fw, t)
+            except Exception as err:
+                fail(fw.index, fw.record, err, t)
+                fired = True
+            if fired:
                 active.remove(fw)
 
     since_poll = 0
-    stream = source.stream(fps=settings.fps, chunk_frames=settings.chunk_frames)
-    for clip in stream:
-        for frame, t in zip(clip.frames, clip.timestamps, strict=True):
-            t = float(t)
-            # Every frame up to a question's time is in before it is asked, and no later one.
-            while pending and pending[0].time < t:
-                ev = pending.popleft()
-                handle(ev, ev.time)
-            if not pending and not active:
-                break
-            buf_frames.append(frame)
-            buf_times.append(t)
-            now = t
-            since_poll += 1
-            if active and since_poll >= engine.poll_frames:
-                since_poll = 0
-                poll_active()
-            elif not active:
-                since_poll = 0
-        else:
-            continue
-        break  # nothing left to ask: stop reading the stream
+    broken: str | None = None  # why the video could not be read (or ingested) to its end
+    stream = None
+    try:
+        stream = source.stream(fps=settings.fps, chunk_frames=settings.chunk_frames)
+        for clip in stream:
+            for frame, t in zip(clip.frames, clip.timestamps, strict=True):
+                t = float(t)
+                # Every frame up to a question's time is in before it is asked, and no later one.
+                while pending and pending[0].time < t:
+                    ev = pending.popleft()
+                    safe_handle(ev, ev.time)
+                if not pending and not active:
+                    break
+                buf_frames.append(frame)
+                buf_times.append(t)
+                now = t
+                since_poll += 1
+                if active and since_poll >= engine.poll_frames:
+                    since_poll = 0
+                    poll_active()
+                elif not active:
+                    since_poll = 0
+            else:
+                continue
+            break  # nothing left to ask: stop reading the stream
+    except Exception as err:  # the video: the records still waiting fail with its reason
+        where = f" after {now:.2f}s" if math.isfinite(now) else ""
+        broken = f"the video could not be read{where}: {' '.join(str(err).split()) or type(err).__name__}"
     close = getattr(stream, "close", None)
     if close is not None:
         close()
-    feed()
+    if broken is None:
+        try:
+            feed()
+        except Exception as err:
+            broken = f"the last frames could not be ingested: {' '.join(str(err).split()) or type(err).__name__}"
+    if broken is not None:
+        for ev in pending:
+            fail(ev.index, ev.record, broken, None)
+        for fw in active:
+            fail(fw.index, fw.record, broken, None)
+        return list(results)
     if active and since_poll:
         poll_active()
     while pending:  # questions after the end of the stream
         ev = pending.popleft()
         end = now if math.isfinite(now) else 0.0  # no frame at all: asked at the start
-        handle(ev, max(end, ev.time) if math.isfinite(ev.time) else end)
+        safe_handle(ev, max(end, ev.time) if math.isfinite(ev.time) else end)
     for fw in active:  # never fired: a miss
         finish_forward(fw, False, None)
-    return results
+    return list(results)

@@ -10,6 +10,10 @@
 * ``accuracy_vs_budget.png``, ``ttft_vs_stream_length.png``, ``short_vs_long.png`` (matplotlib,
   drawn off-screen with the Agg canvas).
 
+While a run goes, :class:`ResultsLog` appends each record's result to ``results.jsonl`` in the same folder
+(one JSON object a line: a ``{"header": ...}`` line naming the evaluation, then ``{"run": label, "result":
+{...}}`` lines), so an interrupted run keeps what it answered and ``eval --resume`` continues from it.
+
 Accuracy is the mean of the records' scores (0/1, or the fraction of probes right for OVO-Bench
 forward records). Latencies and token counts are means over records; KV bytes and process memory are
 maxima. What this module does not know: how results were produced.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -36,6 +41,104 @@ SUMMARY_FIELDS: tuple[str, ...] = (
 )
 RUN_FIELDS: tuple[str, ...] = ("label", "split", "config", "method", "seconds", "n", "accuracy", "skipped", "results")
 PLOTS = ("accuracy_vs_budget.png", "ttft_vs_stream_length.png", "short_vs_long.png")
+LOG_NAME = "results.jsonl"
+REPORT_FILES = ("results.json", "summary.md", LOG_NAME, *PLOTS)
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written (a file where a folder is expected, a missing parent, ...)."""
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Make sure ``path`` is (or can become) a writable folder for the report, and create it.
+
+    Raises :class:`OutputPathError` naming ``flag`` when it is a file, when a folder above it is a file,
+    when it cannot be written, or when one of the report's files (:data:`REPORT_FILES`) is a folder.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{flag} {path}: is a file, expected a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {path}: {parent} is not writable")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputPathError(f"{flag} {path}: cannot create the folder ({err.strerror or err})") from None
+    for name in REPORT_FILES:
+        if (out / name).is_dir():
+            raise OutputPathError(f"{flag} {path}: {out / name} is a folder, the report writes a file there")
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples become lists), for comparing headers."""
+    return json.loads(json.dumps(value, default=str))
+
+
+class ResultsLog:
+    """The JSON-lines log of an evaluation: results appended (and flushed) one by one as they come.
+
+    ``ResultsLog(folder, header)`` starts a new log (replacing an old one); ``ResultsLog(folder, header,
+    resume=True)`` keeps the results of an earlier run with the same header (a line cut short by a kill is
+    dropped) and appends after them. ``done`` maps run labels to their results so far.
+    """
+
+    def __init__(self, folder: str | Path, header: dict[str, Any], *, resume: bool = False,
+                 name: str = LOG_NAME) -> None:
+        self.path = Path(folder) / name
+        self.header = _jsonable(header)
+        self.done: dict[str, list[RecordResult]] = {}
+        lines = [json.dumps({"header": self.header})]
+        if resume:
+            lines = self._read()
+        self.path.write_text("".join(line + "\n" for line in lines))
+        self._file = self.path.open("a")
+
+    def _read(self) -> list[str]:
+        if not self.path.is_file():
+            raise OutputPathError(f"--resume: no {self.path.name} in {self.path.parent} to continue from")
+        raw = self.path.read_text().splitlines()
+        kept: list[str] = []
+        for number, line in enumerate(raw, 1):
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(raw):  # the last line, cut short by a kill: answered again
+                    break
+                raise OutputPathError(f"--resume: {self.path} line {number} is not JSON") from None
+            if number == 1:
+                if not isinstance(item, dict) or "header" not in item:
+                    raise OutputPathError(f"--resume: {self.path} has no header line")
+                if item["header"] != self.header:
+                    theirs, ours = item["header"], self.header
+                    keys = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+                    raise OutputPathError(f"--resume: {self.path} was written by a different evaluation "
+                                          f"({', '.join(keys)} differ); use another --out or drop --resume")
+            else:
+                label, result = item["run"], RecordResult(**item["result"])
+                runs = self.done.setdefault(label, [])
+                runs[:] = [r for r in runs if r.index != result.index] + [result]
+            kept.append(line)
+        return kept
+
+    @property
+    def count(self) -> int:
+        """Results in the log (kept from before and appended since)."""
+        return sum(len(v) for v in self.done.values())
+
+    def append(self, label: str, result: RecordResult) -> None:
+        """Write one result and flush it to the operating system (it survives a kill of this process)."""
+        self._file.write(json.dumps({"run": label, "result": asdict(result)}) + "\n")
+        self._file.flush()
+        self.done.setdefault(label, []).append(result)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _mean(values: Sequence[float]) -> float:

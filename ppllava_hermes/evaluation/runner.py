@@ -35,6 +35,8 @@ from .protocols import (
     MethodConfig,
     ProtocolConfig,
     RecordResult,
+    ResultHook,
+    error_result,
     prompt_styles,
     run_offline,
     run_streaming,
@@ -351,8 +353,14 @@ def gather_results(results: list[RecordResult], world_size: int) -> list[RecordR
 def run_eval(config: EvalConfig, *, records: Sequence[QARecord] | None = None, adapter: Any = None,
              scorer: Any = None, worlds: Iterable[Any] = (), skipped: Sequence[dict[str, Any]] = (),
              shard: tuple[int, int] | None = None, gather: Callable[[list[RecordResult], int], list] | None = None,
-             progress: bool = True, on_ask: AskHook | None = None, split: str | None = None) -> EvalRun:
+             progress: bool = True, on_ask: AskHook | None = None, split: str | None = None,
+             done: Iterable[RecordResult] = (), on_result: ResultHook | None = None) -> EvalRun:
     """Evaluate one configuration.
+
+    Each record's failure (its video missing, unreadable or too short, an exception in the model) is
+    that record's result (``RecordResult.error`` names its index, qid and the reason) and the run goes
+    on. Results already known (``done``, e.g. read back from an interrupted run's log) are not asked
+    again; the run's results are the same as if they had been answered now.
 
     Args:
         config: what to run.
@@ -365,6 +373,8 @@ def run_eval(config: EvalConfig, *, records: Sequence[QARecord] | None = None, a
         progress: show a tqdm progress bar (records answered).
         on_ask: called before each question with ``(session, record, asked_at)``.
         split: label stored on the run (reports group by it).
+        done: results of this configuration answered before (by record index; other shards' are ignored).
+        on_result: called with each new result as soon as it is known (the command appends it to its log).
     """
     from tqdm import tqdm
 
@@ -400,13 +410,38 @@ def run_eval(config: EvalConfig, *, records: Sequence[QARecord] | None = None, a
     by_video: dict[str, list[tuple[int, QARecord]]] = defaultdict(list)
     for index, record in mine:
         by_video[record.video].append((index, record))
-    results: list[RecordResult] = []
-    bar = tqdm(total=len(mine), desc=config.label, unit="q", disable=not progress, leave=False)
+    known = {r.index: r for r in done}
+    results: list[RecordResult] = [known[i] for i, _ in mine if i in known]
+    bar = tqdm(total=len(mine), initial=len(results), desc=config.label, unit="q", disable=not progress,
+               leave=False)
     try:
         for video_items in by_video.values():
-            out = run(video_items, resolver(video_items[0][1]), engine, on_ask=on_ask)
-            results.extend(out)
-            bar.update(len(out))
+            todo = [(i, r) for i, r in video_items if i not in known]
+            if not todo:
+                continue
+            answered: dict[int, RecordResult] = {}
+
+            def keep(result: RecordResult, answered: dict[int, RecordResult] = answered) -> None:
+                answered[result.index] = result
+                bar.update(1)
+                if on_result is not None:
+                    on_result(result)
+
+            try:
+                if config.protocol == "streaming" and len(todo) < len(video_items):
+                    # the stream is fed as before at the known records' times: the same memory, the same answers
+                    run_streaming(video_items, resolver(todo[0][1]), engine, on_ask=on_ask, on_result=keep,
+                                  known={i for i, _ in video_items if i in known})
+                else:
+                    run(todo, resolver(todo[0][1]), engine, on_ask=on_ask, on_result=keep)
+            except Exception as err:  # the video as a whole (missing, unreadable): its records' result
+                for index, record in todo:
+                    if index not in answered:
+                        keep(error_result(index, record, err))
+            for index, record in todo:  # every record has exactly one result
+                if index not in answered:
+                    keep(error_result(index, record, "the protocol gave no result"))
+            results.extend(answered[i] for i, _ in todo)
     finally:
         bar.close()
     if world_size > 1:
@@ -415,6 +450,15 @@ def run_eval(config: EvalConfig, *, records: Sequence[QARecord] | None = None, a
     results = merge_results([results], expected=len(items) if world_size == 1 or gather is None else None)
     return EvalRun(config=config, method=method, results=results, skipped=skipped,
                    seconds=time.perf_counter() - t0, split=split)
+
+
+def check_engine(engine: Engine) -> None:
+    """A configuration the model cannot run at all (a budget below the system prompt, positions that do not
+    fit) is the run's error, raised before any record, not every record's: ``ValueError``."""
+    try:
+        engine.new_session().start()
+    except ValueError as err:
+        raise ValueError(f"configuration {engine.method.name!r}: {err}") from None
 
 
 def comparison_configs(base: EvalConfig, configs: Sequence[str], budgets: Sequence[int | None]) -> list[EvalConfig]:
@@ -436,9 +480,13 @@ def comparison_configs(base: EvalConfig, configs: Sequence[str], budgets: Sequen
 def run_comparison(base: EvalConfig, configs: Sequence[str], budgets: Sequence[int | None], *,
                    records: Sequence[QARecord] | None = None, adapter: Any = None, scorer: Any = None,
                    worlds: Iterable[Any] = (), progress: bool = True, split: str | None = None,
-                   shard: tuple[int, int] | None = None, on_run: Callable[[EvalRun], None] | None = None
-                   ) -> list[EvalRun]:
-    """Run several configurations at several budgets on the same records with one model."""
+                   shard: tuple[int, int] | None = None, on_run: Callable[[EvalRun], None] | None = None,
+                   done: dict[str, list[RecordResult]] | None = None,
+                   on_result: Callable[[str, RecordResult], None] | None = None) -> list[EvalRun]:
+    """Run several configurations at several budgets on the same records with one model.
+
+    ``done`` maps a run's label (``EvalConfig.label``) to results answered before (not asked again);
+    ``on_result(label, result)`` gets each new result as it comes (see :func:`run_eval`)."""
     worlds = list(worlds)
     skipped: list[dict[str, Any]] = []
     if records is None:
@@ -446,11 +494,17 @@ def run_comparison(base: EvalConfig, configs: Sequence[str], budgets: Sequence[i
         worlds += generated
     adapter = adapter if adapter is not None else build_model_adapter(base.model, base.device)
     runs = []
-    for cfg in comparison_configs(base, configs, budgets):
+    planned = comparison_configs(base, configs, budgets)
+    for cfg in planned:  # every configuration checked against the model before the first record
         if scorer is None and cfg.method().pooling == "prompt":
             scorer = build_scorer(cfg, adapter)
+        check_engine(Engine(adapter, cfg.method(), cfg.protocol_config(), scorer=scorer))
+    for cfg in planned:
+        label = cfg.label
+        hook = None if on_result is None else (lambda r, label=label: on_result(label, r))
         run = run_eval(cfg, records=records, adapter=adapter, scorer=scorer, worlds=worlds, skipped=skipped,
-                       progress=progress, split=split, shard=shard)
+                       progress=progress, split=split, shard=shard, done=(done or {}).get(label, ()),
+                       on_result=hook)
         runs.append(run)
         if on_run is not None:
             on_run(run)

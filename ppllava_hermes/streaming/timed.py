@@ -2,12 +2,18 @@
 
 The guarantee every caller relies on: a question at time ``t`` is answered with every frame up to
 ``t`` ingested and no frame after ``t`` in the memory. Used by the CLI, the demo and the evaluator.
+
+Truthful timing at the end: when the stream ends, frames still waiting for a full temporal group are
+ingested (``session.flush``) before the questions left; a question whose time is past the last frame is
+answered, reported and recorded at the last frame's time, with ``asked_for`` (the time it named) and a
+``note`` saying so.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..video.types import VideoClip
@@ -16,13 +22,21 @@ from .session import Answer, GenerationConfig, StreamingSession
 
 @dataclass
 class TimedQuestion:
-    """A question asked when the stream reaches ``time`` seconds; ``payload`` travels along (a record)."""
+    """A question asked when the stream reaches ``time`` seconds; ``payload`` travels along (a record).
+
+    ``asked_for`` and ``note`` are set by :func:`run_timed_questions` on a question past the end of the
+    stream: ``time`` is then the last frame's, ``asked_for`` the time the question named.
+    """
 
     time: float
     text: str
     payload: Any = None
+    asked_for: float | None = None
+    note: str | None = None
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.time):
+            raise ValueError(f"question {self.text!r}: time must be finite seconds, got {self.time}")
         if self.time < 0:
             raise ValueError(f"question {self.text!r}: negative time {self.time}")
         if not self.text.strip():
@@ -39,7 +53,9 @@ def run_timed_questions(
     on_frames: Callable[[int], None] | None = None,
 ) -> list[tuple[TimedQuestion, Answer]]:
     """Stream ``clips`` into ``session``, asking each question at its time; questions after the end of
-    the stream are asked at the end. Returns ``(question, answer)`` pairs in time order."""
+    the stream are asked at the end, after the last partial temporal group is ingested, and come back
+    (to ``on_answer`` and in the result) at the last frame's time with a note. Returns ``(question,
+    answer)`` pairs in time order."""
     pending = sorted(questions, key=lambda q: q.time)
     done: list[tuple[TimedQuestion, Answer]] = []
 
@@ -49,7 +65,10 @@ def run_timed_questions(
         if on_answer is not None:
             on_answer(q, ans)
 
+    last: float | None = None
     for clip in clips:
+        if len(clip):
+            last = float(clip.timestamps[-1])
         start = 0
         while pending and pending[0].time < clip.timestamps[-1]:
             q = pending.pop(0)
@@ -64,6 +83,13 @@ def run_timed_questions(
             session.add_frames(clip.frames[start:], clip.timestamps[start:])
             if on_frames is not None:
                 on_frames(len(clip) - start)
+    session.flush()  # the stream's last frames, even an odd one short of a temporal group
     for q in pending:
+        if last is None:
+            q = replace(q, asked_for=q.time, note="the stream had no frames: answered without video")
+        elif q.time > last + 1e-9:
+            q = replace(q, time=last, asked_for=q.time,
+                        note=f"asked for {q.time:g}s, past the end of the stream: answered at its last frame "
+                             f"({last:g}s)")
         ask(q)
     return done

@@ -16,7 +16,17 @@ from pathlib import Path
 
 from ..evaluation.records import QARecord
 from ..evaluation.scoring import parse_choice, score_open
-from ..specs import POOL_MODES, SpecError, build_policy, load_model, load_relevance, model_note, policy_names
+from ..specs import (
+    POOL_MODES,
+    SpecError,
+    build_policy,
+    load_model,
+    load_relevance,
+    model_note,
+    policy_names,
+    positive_float,
+    positive_int,
+)
 from ..streaming import GenerationConfig, StreamConfig, StreamingSession
 from ..streaming.timed import TimedQuestion, run_timed_questions
 from ..video import stream_video
@@ -59,12 +69,14 @@ def truth(record: QARecord) -> str:
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``ppllava-hermes demo``."""
-    p.add_argument("--minutes", type=float, default=3.0, help="length of the generated video (default 3)")
+    p.add_argument("--minutes", type=positive_float, default=3.0,
+                   help="length of the generated video, > 0 (default 3)")
     p.add_argument("--seed", type=int, default=7, help="world seed (default 7)")
-    p.add_argument("--questions", type=int, default=12, help="how many timed questions (default 12)")
+    p.add_argument("--questions", type=positive_int, default=12, help="how many timed questions, >= 1 (default 12)")
     p.add_argument("--model", default=None, help="default: the shipped ShapesWorld model, else a tiny random one")
     p.add_argument("--memory", default="hermes", choices=list(policy_names()))
-    p.add_argument("--budget", type=int, default=None)
+    p.add_argument("--budget", type=positive_int, default=None,
+                   help=f"visual tokens kept per layer, >= 1 (default {DEFAULT_BUDGET})")
     p.add_argument("--pool", default="prompt", choices=list(POOL_MODES))
     p.add_argument("--quiet", action="store_true")
 
@@ -116,7 +128,7 @@ def demo(args: argparse.Namespace) -> dict:
     chosen = pick_questions(records, args.questions)
     adapter, random_model = _load(args)
     stage, pool_desc = _pooling(args, adapter)
-    budget = args.budget or DEFAULT_BUDGET
+    budget = DEFAULT_BUDGET if args.budget is None else args.budget
     policy = build_policy(args.memory, budget if args.memory != "full" else None)
     session = StreamingSession(adapter, memory=policy, pooling=stage, config=StreamConfig(chunk_frames=CHUNK_FRAMES))
     print(f"ShapesWorld demo: {args.minutes:g} min video (seed {args.seed}, {world.n_frames} frames at 1 fps), "
