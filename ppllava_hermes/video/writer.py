@@ -17,6 +17,9 @@ import numpy as np
 
 from .errors import VideoError, describe_exception
 
+#: whether this PyAV can store a display-matrix rotation (``VideoStream.set_display_rotation``, PyAV >= 17.1).
+ROTATION_SUPPORTED = hasattr(av.video.stream.VideoStream, "set_display_rotation")
+
 
 def write_video(
     path: str | os.PathLike[str],
@@ -99,5 +102,8 @@ def _add_stream(container, codec, fps, shape, keyframe_interval, rotation, optio
     if keyframe_interval is not None:
         stream.codec_context.gop_size = keyframe_interval
     if rotation % 360:
+        if not ROTATION_SUPPORTED:
+            raise ValueError(f"rotation={rotation}: writing a display rotation needs PyAV >= 17.1, "
+                             f"this is PyAV {av.__version__}")
         stream.set_display_rotation(rotation)
     return stream
