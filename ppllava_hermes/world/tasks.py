@@ -16,7 +16,12 @@ Task types (``task_kind`` / ``task_type``; "colour" in question text, "color" in
   the first shape to appear after the video started?" (or "What shape was ..."), ``first_leave``
   "Which shape left the scene first?" (or "What colour was the first shape to leave the scene?"),
   ``color_change`` "What colour did the square change to?" (or "... the red square ..."),
-  ``collision`` "Which shape did the cross bump into?".
+  ``collision`` "Which shape did the cross bump into?"; memory recall of an object that has left
+  (:data:`MEMORY_TYPES`): ``past_color`` "What colour was the circle in the video?" and ``past_shape``
+  "What shape was the red object in the video?", asked only when exactly one object of that shape
+  (of that colour) has been seen up to the question, it kept its colour all its life and it left at
+  least ``backward_min_gap`` s before (``extra["event_time"]``: the first frame without it), so the
+  answer is in the past frames and in no present one.
 * realtime (``timestamp`` = the moment asked about): ``color_now`` "What colour is the circle now?",
   ``shape_now`` "What shape is the blue object now?", ``count_now`` "How many shapes are visible now?".
 * forward (open answer ``"now"``): ``when_leave`` "Tell me when the blue circle leaves the scene.",
@@ -65,10 +70,14 @@ SHORT_TYPES: tuple[str, ...] = ("color", "shape", "count", "direction")
 BACKWARD_TYPES: tuple[str, ...] = ("first_appear", "first_leave", "color_change", "collision")
 REALTIME_TYPES: tuple[str, ...] = ("color_now", "shape_now", "count_now")
 FORWARD_TYPES: tuple[str, ...] = ("when_leave", "when_color_change", "when_appear")
-TASK_TYPES: tuple[str, ...] = SHORT_TYPES + BACKWARD_TYPES + REALTIME_TYPES + FORWARD_TYPES
+#: backward questions about an object that has left (pure recall: nothing present shows the answer)
+MEMORY_TYPES: tuple[str, ...] = ("past_color", "past_shape")
+ALL_BACKWARD_TYPES: tuple[str, ...] = BACKWARD_TYPES + MEMORY_TYPES
+# new types go at the end: a type's index seeds its questions, so older types keep theirs
+TASK_TYPES: tuple[str, ...] = SHORT_TYPES + BACKWARD_TYPES + REALTIME_TYPES + FORWARD_TYPES + MEMORY_TYPES
 TASK_KIND_OF: dict[str, str] = {
     **dict.fromkeys(SHORT_TYPES, "short"),
-    **dict.fromkeys(BACKWARD_TYPES, "backward"),
+    **dict.fromkeys(ALL_BACKWARD_TYPES, "backward"),
     **dict.fromkeys(REALTIME_TYPES, "realtime"),
     **dict.fromkeys(FORWARD_TYPES, "forward"),
 }
@@ -365,6 +374,51 @@ def _backward_collision(w: World, rng: np.random.Generator, tc: TaskConfig) -> _
     return None
 
 
+def _first_with_color(tr, ci: int) -> int | None:
+    """First frame in which track ``tr`` has colour index ``ci`` (None: never)."""
+    hits = np.flatnonzero(tr.colors == ci)
+    return tr.start + int(hits[0]) if len(hits) else None
+
+
+def _backward_past(attr: str):
+    """``past_color`` (attr "shape": the question names the shape) or ``past_shape`` (attr "color")."""
+
+    def build(w: World, rng: np.random.Generator, tc: TaskConfig) -> _Spec | None:
+        evs = w.events_of("leave")
+        gap = _gap_frames(w, tc.backward_min_gap)
+        for i in _candidates(rng, 0, len(evs) - 1, tc):
+            e = evs[i]
+            tr = w.tracks[e.object_ids[0]]
+            if len(set(tr.colors.tolist())) != 1:
+                continue  # a colour change would make "what colour was it" ambiguous
+            ci = int(tr.colors[0])
+            # the name must fit nobody else seen up to the question: the question comes before the
+            # first frame another object of that shape (colour) is shown, and after the object left
+            firsts = []
+            for other in w.tracks:
+                if other.id == tr.id:
+                    continue
+                if attr == "shape" and other.shape == tr.shape:
+                    firsts.append(other.start)
+                elif attr == "color":
+                    f = _first_with_color(other, ci)
+                    if f is not None:
+                        firsts.append(f)
+            lo, hi = e.t_index + gap, min([w.n_frames - 1, *(f - 1 for f in firsts)])
+            if any(f <= e.t_index for f in firsts) or lo > hi:
+                continue
+            k = int(rng.integers(lo, hi + 1))
+            extra = {"object_id": tr.id, "event_time": e.time}
+            if attr == "shape":
+                q = f"What colour was the {tr.shape} in the video?"
+                return _Spec("past_color", q, w.config.colors[ci], "color", k, extra=extra)
+            q = f"What shape was the {w.config.colors[ci]} object in the video?"
+            return _Spec("past_shape", q, tr.shape, "shape", k, extra=extra)
+        return None
+
+    return build
+
+
 def _forward_extra(w: World, tc: TaskConfig, e, description: str) -> dict[str, Any]:
     return {
         "event_time": e.time,
@@ -469,6 +523,8 @@ _BUILDERS = {
     "when_leave": _forward_leave,
     "when_color_change": _forward_color_change,
     "when_appear": _forward_appear,
+    "past_color": _backward_past("shape"),
+    "past_shape": _backward_past("color"),
 }
 
 
@@ -613,6 +669,8 @@ _PATTERNS: dict[str, re.Pattern] = {
         "when_leave": rf"Tell me when the {_W} {_W} leaves the scene\.",
         "when_color_change": rf"Tell me when the {_W} changes colour\.",
         "when_appear": r"Tell me when a new shape appears\.",
+        "past_color": rf"What colour was the {_W} in the video\?",
+        "past_shape": rf"What shape was the {_W} object in the video\?",
     }.items()
 }
 
@@ -667,8 +725,27 @@ def _truth_realtime(tt: str, m: re.Match, T: _Truth, r: QARecord) -> tuple[str, 
     return T.frames[k][ids[0]][0], "shape"
 
 
+def _truth_past(tt: str, m: re.Match, T: _Truth, r: QARecord) -> tuple[str, str]:
+    """past_color / past_shape from the per-frame tables: the one object ever named so, gone by now."""
+    k = T.frame_of(r.timestamp)
+    name = m[1]
+    by_shape = tt == "past_color"
+    seen = {i for t in range(k + 1) for i in (T.with_attr(t, shape=name) if by_shape else T.with_attr(t, color=name))}
+    _need(len(seen) == 1, f"{len(seen)} objects were {'a ' if by_shape else ''}{name} up to the question")
+    (oid,) = seen
+    shown = [t for t in range(k + 1) if oid in T.frames[t]]
+    _need(oid not in T.frames[k], "the object is still in the scene")
+    _need(all(T.frames[t][oid][1] == T.frames[shown[0]][oid][1] for t in shown), "its colour changed")
+    gone = shown[-1] + 1
+    _need(abs(float(r.extra.get("event_time", -1.0)) - gone / T.w.fps) < 1e-6, "extra['event_time'] is wrong")
+    shape, color = T.frames[shown[0]][oid][:2]
+    return (color, "color") if by_shape else (shape, "shape")
+
+
 def _truth_backward(tt: str, m: re.Match, T: _Truth, r: QARecord) -> tuple[str, str]:
     k = T.frame_of(r.timestamp)
+    if tt in MEMORY_TYPES:
+        return _truth_past(tt, m, T, r)
     if tt in ("first_appear", "first_leave"):
         evs = T.appearances() if tt == "first_appear" else T.departures()
         _need(bool(evs) and evs[0][0] < k, "no such event before the question")
