@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 SELF = re.compile(r"^ppllava-hermes\[(?P<extras>[^\]]+)\]$")

@@ -10,7 +10,13 @@ import torch
 from ppllava_hermes.memory import make_policy
 from ppllava_hermes.memory.cache import TokenKind
 from ppllava_hermes.streaming import GenerationConfig, KVEngine, StreamConfig, StreamingSession
-from ppllava_hermes.streaming.chunks import PAD_STEP_S, ChunkSpan, chunk_spans, group_chunk_frames, pad_to_group
+from ppllava_hermes.streaming.chunks import (
+    PAD_STEP_S,
+    ChunkSpan,
+    chunk_spans,
+    group_chunk_frames,
+    pad_to_group,
+)
 
 from .helpers import random_frames, tiny_adapter
 

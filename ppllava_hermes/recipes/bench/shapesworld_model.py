@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     from ppllava_hermes.world.demo import demo
+
     from ..train.train_world import evaluate
 
     adapter = load_shapesworld_adapter()

@@ -36,6 +36,7 @@ from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSe
 from ppllava_hermes.world.labels import IGNORE, LABEL_SIZES, token_labels
 from ppllava_hermes.world.model import SYSTEM_PROMPT, answer_text, build_model, build_tokenizer, prompt_for
 from ppllava_hermes.world.tasks import iter_short_clip_worlds, iter_short_clips
+
 from . import warmup_cosine
 
 

@@ -32,6 +32,7 @@ from ppllava_hermes.streaming.pooling_stage import PoolingStage, pool_visual
 from ppllava_hermes.world.generator import WorldConfig, generate_world
 from ppllava_hermes.world.model import answer_text, load_shapesworld_adapter, prompt_for
 from ppllava_hermes.world.tasks import TaskConfig, generate_questions, iter_short_clips, video_seed
+
 from . import warmup_cosine
 
 REALTIME = ("color_now", "shape_now", "count_now")
