@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ppllava_hermes.recipes.bench import provenance_md
+
 FIELDS = ["backend", "video", "call", "frames", "max_side", "seconds", "peak_rss_mb", "base_rss_mb", "repeats"]
 BACKENDS = ("torchcodec", "pyav-seek", "pyav-full", "decord")
 FPS = 25
@@ -189,17 +191,7 @@ def write_report(rows: list[dict], out_dir: Path, command: str, notes: list[str]
         "`num_ffmpeg_threads=0` (FFmpeg's choice), PyAV with its default (slice threads only: one core for "
         "these files). On a CPU shared with other jobs the seconds are noisy (rows with 1 repeat most).",
         "",
-        "Command:",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        "Machine:",
-        "",
-        "```",
-        machine,
-        "```",
+        *provenance_md(command, machine),
         "",
         "| backend | video | call | frames | max_side | seconds | peak RSS MiB | base RSS MiB | repeats |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",

@@ -34,6 +34,7 @@ import torch
 from ppllava_hermes.memory import make_policy
 from ppllava_hermes.models import adapter_for_model
 from ppllava_hermes.models.base import VLMAdapter
+from ppllava_hermes.recipes.bench import provenance_md
 from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSession
 from ppllava_hermes.testing import tiny_llava_onevision, tiny_qwen2_5_vl
 
@@ -222,17 +223,7 @@ def write_report(rows: list[dict], out_dir: Path, command: str, args: argparse.N
         "time). `kv_bytes_formula`: layers x 2 x kv_heads x head_dim x bytes x (system + budget [+ anchors] + one "
         "chunk), capped by what was streamed (full: everything streamed).",
         "",
-        "Command:",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        "Machine:",
-        "",
-        "```",
-        machine_description(args.device),
-        "```",
+        *provenance_md(command, machine_description(args.device)),
         "",
         "| model | policy | frames | budget | TTFT ms | ingest fps | peak KV MiB | formula MiB | compress ms | ingest ms |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",

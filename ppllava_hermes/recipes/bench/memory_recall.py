@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from ppllava_hermes.recipes.bench import provenance_md
+
 AGE_BINS: tuple[tuple[str, float, float], ...] = (("10-30s", 0.0, 30.0), ("30-90s", 30.0, 90.0),
                                                   (">90s", 90.0, float("inf")))
 ROW_FIELDS = ("config", "budget", "kv_fraction", "task_type", "age_bin", "n", "accuracy", "ci95", "ttft_ms",
@@ -278,17 +280,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, command: str, seconds: 
         "",
         f"Model: {notes['model']}",
         "",
-        f"Command ({seconds / 60:.1f} minutes):",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        "Machine:",
-        "",
-        "```",
-        machine_description("cpu"),
-        "```",
+        *provenance_md(command, machine_description("cpu"), title=f"Command ({seconds / 60:.1f} minutes):"),
         "",
         f"Streams: {notes['streams']} held-out test worlds (test seeds from video index {TEST_SEED_BASE}) of "
         f"{args.seconds:.0f} s at 1 fps, chunk 4 frames; {notes['questions']} questions asked at or after "
