@@ -64,12 +64,12 @@ def parse_timed_question(spec: str) -> TimedQuestion:
     """
     text = spec.strip()
     m = _HMS.fullmatch(text)
+    if _CLOCK_ONLY.fullmatch(text):  # before the clock forms: "1:02:03" is a time, not "03" asked at 62 s
+        raise argparse.ArgumentTypeError(f"{spec!r}: a time with no question; expected {_ASK_FORMS}")
     if m:
         t, question = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]), m[4]
     elif (m := _MS.fullmatch(text)) is not None:
         t, question = int(m[1]) * 60 + float(m[2]), m[3]
-    elif _CLOCK_ONLY.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{spec!r}: a time with no question; expected {_ASK_FORMS}")
     elif _CLOCKISH.match(text):
         raise argparse.ArgumentTypeError(
             f"{spec!r}: not a clock time (seconds and minutes after hours need two digits, each below 60, "
@@ -364,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ModuleNotFoundError as exc:  # an optional dependency: say which extra brings it
         message = str(exc) if isinstance(exc, MissingExtraError) else missing_extra_message(exc.name or "")
-        if message is None or debug:
+        if debug:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message or ' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
@@ -395,7 +395,9 @@ def _run_recipe(kind: str, name: str, args: list[str]) -> int:
         top = (exc.name or "").split(".")[0]
         if top not in EXTRA_OF_MODULE:
             raise
-        extra = "train" if kind == "train" else "eval"
+        # the kind's extra brings what every recipe of that kind needs; gguf, smollm2 and lmms-eval have their own
+        own = EXTRA_OF_MODULE[top]
+        extra = own if own not in ("clip", "train", "eval") else ("train" if kind == "train" else "eval")
         print(f"error: the {kind} recipe {name!r} needs the optional package {top!r}: "
               f"pip install 'ppllava-hermes[{extra}]'", file=sys.stderr)
         return 2

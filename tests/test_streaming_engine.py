@@ -29,26 +29,34 @@ def states_equal(a, b) -> bool:
     )
 
 
-@pytest.mark.parametrize("policy", ["full", "hermes", "window"])
+@pytest.mark.parametrize("policy", ["full", "hermes", "window", "retrieval"])
 def test_a_question_at_an_odd_frame_leaves_no_trace_in_the_memory(policy):
     adapter = tiny_adapter("qwen2_5_vl")  # frame pairs: frame 5 of 5 waits for its partner
-    frames, times = random_frames(10, seed=1)
+    frames, times = random_frames(30, seed=1)
 
-    def run(ask_at: int | None):
-        s = StreamingSession(adapter, make_policy(policy, budget=80) if policy != "full" else None,
+    def run(ask_at: tuple[int, ...]):
+        s = StreamingSession(adapter, make_policy(policy, budget=60) if policy != "full" else None,
                              config=StreamConfig(chunk_frames=4))
         answers = []
-        for k in range(10):
+        for k in range(30):
             s.add_frames(frames[k : k + 1], times[k : k + 1])
-            if k == ask_at:
+            if k in ask_at:
                 answers.append(s.ask("what?", GenerationConfig(max_new_tokens=2)))
         return s, answers
 
-    plain, _ = run(None)
-    asked, answers = run(4)  # after the 5th frame: one frame pending
+    plain, _ = run(())
+    asked, answers = run((4, 20))  # after the 5th and the 21st frame: one frame pending each time
+    if policy != "full":
+        assert plain.stats.compress_log and max(r.evicted for r in plain.stats.compress_log) > 0
     assert states_equal(plain.cache.state(), asked.cache.state())
     assert plain.next_position == asked.next_position
     assert [t for _, t in plain.frame_log] == [t for _, t in asked.frame_log] == list(times)
+    if policy == "retrieval":  # what left the window is stored the same way: positions, committed positions, keys
+        a, b = plain.memory.store, asked.memory.store
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x.positions, y.positions) and torch.equal(x.committed, y.committed)
+            assert all(torch.equal(kx, ky) for kx, ky in zip(x.keys, y.keys, strict=True))
     assert answers[0].frames_seen == 5 and answers[0].last_frame_time == times[4]
 
 

@@ -298,6 +298,16 @@ class Retrieval(RecentWindow):
         ``cache`` is not modified. Returns None (answer from ``cache`` as is) when the store is empty or
         nothing is retrieved.
         """
+        # Entries prefilled for this question only (a padded pending group) are registered for its answer
+        # cache and forgotten afterwards: their uids are reused by the stream once the question rolls back.
+        saved = (self._ref_uids, self._ref_positions, self._next_uid)
+        try:
+            return self._question_cache(cache, rope, probe, next_position)
+        finally:
+            self._ref_uids, self._ref_positions, self._next_uid = saved
+
+    def _question_cache(self, cache: MemoryCache, rope: RopeSpec, probe: QuestionProbe,
+                        next_position: int) -> tuple[MemoryCache, int] | None:
         layer0 = cache.layers[0]
         self._register(layer0)
         report = QuestionReport(blocks_scored=len(self.store), host_bytes=self.host_bytes)

@@ -120,6 +120,7 @@ class KVEngine:
         self.started = False
         self._positions_warned = False
         self._rollback_depth = 0
+        self._stream_cache = self.cache
 
     # ---- the model step -------------------------------------------------------------------------
     def start(self, system_text: str) -> int:
@@ -127,8 +128,14 @@ class KVEngine:
         if self.started:
             return 0
         seg = self.lm.text_segment(self.lm.tokenize(system_text), self.next_position, TokenKind.SYSTEM)
+        length, position = self.cache.physical_length(), self.next_position
         self.prefill(seg)
-        self.memory.setup(self.cache, self.rope, num_system_tokens=len(seg))
+        try:
+            self.memory.setup(self.cache, self.rope, num_system_tokens=len(seg))
+        except BaseException:  # a configuration the policy refuses: the engine stays unstarted and empty
+            self.cache.truncate(length)
+            self.next_position = position
+            raise
         self.started = True
         return len(seg)
 
@@ -143,10 +150,10 @@ class KVEngine:
         t0 = time.perf_counter()
         try:
             logits, attentions = self.lm.forward(seg.embeds, seg.meta, self.cache, output_attentions)
+            self.cache.commit(seg.meta)
         except BaseException:
             self.cache.truncate(length)  # layers the forward reached hold keys without metadata
             raise
-        self.cache.commit(seg.meta)
         self.next_position = seg.next_position
         if self._rollback_depth == 0:
             self.stats.prefill_s += time.perf_counter() - t0
@@ -163,6 +170,8 @@ class KVEngine:
     def rollback(self) -> Iterator[None]:
         """Everything prefilled inside (and any cache swapped in) is undone on exit."""
         cache, length, position = self.cache, self.cache.physical_length(), self.next_position
+        if self._rollback_depth == 0:
+            self._stream_cache = cache  # what stays resident while a question-time cache is in use
         self._rollback_depth += 1
         try:
             yield
@@ -176,7 +185,12 @@ class KVEngine:
         if self._rollback_depth == 0:
             raise RuntimeError("use_cache() outside rollback(): the stream's memory would be lost")
         self.cache, self.next_position = cache, next_position
-        self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, cache.kv_bytes())
+        self._note_question_bytes(cache)
+
+    def _note_question_bytes(self, cache: MemoryCache) -> None:
+        """Peak KV at question time: ``cache`` plus the stream's own memory, which stays resident beside it."""
+        resident = self._stream_cache.kv_bytes() if cache is not self._stream_cache else 0
+        self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, cache.kv_bytes() + resident)
 
     # ---- probes and compression -----------------------------------------------------------------
     @torch.no_grad()
@@ -191,6 +205,8 @@ class KVEngine:
         try:
             with self.lm.eager_attention():
                 _, attentions = self.lm.forward(seg.embeds, seg.meta, cache, output_attentions=True)
+            if self._rollback_depth and cache is not self.cache:  # a question-time scoring cache
+                self._note_question_bytes(cache)
         finally:
             cache.truncate(length)
         # (1, heads, L_q, L_kv) per layer -> mean over heads and queries, past entries only.
