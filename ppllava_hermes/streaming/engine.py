@@ -187,6 +187,15 @@ class KVEngine:
         self.cache, self.next_position = cache, next_position
         self._note_question_bytes(cache)
 
+    def enter_question_cache(self, ids: torch.Tensor) -> bool:
+        """Ask the policy's ``question_cache`` hook for a cache built for question ``ids`` ``(L,)`` (retrieval)
+        and answer from it until the enclosing :meth:`rollback` ends; returns whether one was built."""
+        built = self.memory.question_cache(self.cache, self.rope,
+                                           lambda c, start: self.attention_over(c, ids, start), self.next_position)
+        if built is not None:
+            self.use_cache(*built)
+        return built is not None
+
     def _note_question_bytes(self, cache: MemoryCache) -> None:
         """Peak KV at question time: ``cache`` plus the stream's own memory, which stays resident beside it."""
         resident = self._stream_cache.kv_bytes() if cache is not self._stream_cache else 0
@@ -269,11 +278,7 @@ class KVEngine:
             built = question_cache() if question_cache is not None else None
             if built is not None:
                 self.use_cache(*built)
-            built = self.memory.question_cache(self.cache, self.rope,
-                                               lambda c, start: self.attention_over(c, ids, start),
-                                               self.next_position)
-            if built is not None:
-                self.use_cache(*built)
+            self.enter_question_cache(ids)
             cache_s = time.perf_counter() - t_cache
             cache_tokens, kv_bytes = self.cache.physical_length(), self.cache.kv_bytes()
             out_ids, ttft, q_logits = self._decode(ids, gen, t0, return_logits)

@@ -127,11 +127,7 @@ def answer_logprobs(engine: KVEngine, question_ids: torch.Tensor, answer_ids: to
     context_ids = question_ids.new_zeros(0) if context_ids is None else context_ids
     ids = torch.cat([question_ids, context_ids, answer_ids])
     with engine.rollback():
-        built = engine.memory.question_cache(
-            engine.cache, engine.rope, lambda cache, start: engine.attention_over(cache, question_ids, start),
-            engine.next_position)
-        if built is not None:
-            engine.use_cache(*built)
+        engine.enter_question_cache(question_ids)
         logits, _ = engine.prefill(engine.lm.text_segment(ids, engine.next_position, TokenKind.TEXT))
     first = len(question_ids) + len(context_ids)  # logits at t predict token t + 1
     logp = torch.log_softmax(logits[0, first - 1 : len(ids) - 1].float(), dim=-1)
