@@ -1,7 +1,7 @@
 """The ``ppllava-hermes`` command: stream a video through a VLM with memory and pooling, ask timed questions.
 
 Subcommands:
-    stream  VIDEO --model M --ask "12.5:what is happening?" ...
+    stream  VIDEO --model M --ask "12.5:what is happening?" --watch "tell me when a person enters" ...
     demo    a generated ShapesWorld video through the shipped model (the README's first command)
     eval    run an evaluation (see ``ppllava_hermes.evaluation``)
 
@@ -40,6 +40,7 @@ from .specs import (
     model_help,
     new_tokens_arg,
     nonnegative_float,
+    open_unit_float,
     policy_names,
     positive_float,
     positive_int,
@@ -177,9 +178,19 @@ def run_stream(args: argparse.Namespace) -> int:
                            temperature=args.temperature if args.temperature > 0 else 1.0, seed=args.seed)
     questions = args.ask or []
     results = []
+    alerts: list[dict] = []
     total = None
     if info is not None and info.duration:
         total = int(info.duration * args.fps) if args.fps else info.num_frames
+    try:
+        for query in args.watch:
+            session.watch(query, _watch_config(args, adapter), callback=lambda ev: _alert(ev, alerts, bar))
+    except ValueError as err:
+        print(f"error: --watch: {err}", file=sys.stderr)
+        return 2
+    if args.watch:
+        print(f"watching {len(args.watch)} quer{'y' if len(args.watch) == 1 else 'ies'}: a decision every "
+              f"{session.chunk_frames / args.fps:g} s of video ({session.chunk_frames} frames)")
     bar = tqdm(total=total, unit="frame", desc="ingest", disable=args.quiet)
 
     def report(q: TimedQuestion, ans) -> None:
@@ -212,14 +223,40 @@ def run_stream(args: argparse.Namespace) -> int:
     print(f"ingested {st.frames} frames in {st.chunks} chunks: {st.visual_tokens} visual tokens into the LLM, "
           f"encode {st.encode_s:.2f}s, prefill {st.prefill_s:.2f}s, compress {st.compress_s:.2f}s, "
           f"peak KV {_format_bytes(st.peak_kv_bytes)}")
+    if args.watch:
+        print(f"watches: {st.watch_decisions} decisions, {st.watch_s * 1000 / max(1, st.chunks):.1f} ms per chunk "
+              f"(ingest {(st.encode_s + st.prefill_s + st.compress_s) * 1000 / max(1, st.chunks):.1f} ms per chunk), "
+              f"{len(alerts)} alert{'s' if len(alerts) != 1 else ''}")
     if args.json:
         try:
-            Path(args.json).write_text(json.dumps({"questions": results, "stats": {
+            Path(args.json).write_text(json.dumps({"questions": results, "alerts": alerts, "stats": {
                 k: v for k, v in asdict(st).items() if k != "compress_log"}}, indent=2))
         except OSError as err:
             print(f"error: --json {args.json}: {err.strerror or err}", file=sys.stderr)
             return 1
     return 0
+
+
+def _watch_config(args: argparse.Namespace, adapter):
+    """The adapter's watch settings (or the defaults) with ``--watch-threshold`` / ``--watch-cooldown``."""
+    from dataclasses import replace
+
+    from .streaming import WatchConfig
+
+    config = adapter.watch_config or WatchConfig()
+    if args.watch_threshold is not None:
+        config = replace(config, threshold=args.watch_threshold)
+    if args.watch_cooldown is not None:
+        config = replace(config, cooldown_s=args.watch_cooldown)
+    return config
+
+
+def _alert(event, alerts: list[dict], bar) -> None:
+    """Print an alert as it fires (above the progress bar) and keep it for ``--json``."""
+    bar.clear()
+    alerts.append(event.to_dict())
+    print(f"[{event.time:8.2f}s] ALERT {event.query!r}: {event.text!r} (score {event.score:.2f})", flush=True)
+    bar.refresh()
 
 
 def _with_budget_hint(err: ValueError, args: argparse.Namespace, adapter, relevance: str | None) -> str:
@@ -323,6 +360,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="ask QUESTION when the stream reaches SECONDS (repeatable); also M:SS:QUESTION and "
                         "H:MM:SS:QUESTION with two-digit seconds (1:05:what? = 65 s); past the end of the stream "
                         "a question is answered and reported at the last frame, with a note")
+    p.add_argument("--watch", action="append", default=[], metavar="QUERY",
+                   help="a standing query decided after every chunk (repeatable): an alert is printed, with its "
+                        "stream time, when it fires; the decision interval is --chunk-frames / --fps")
+    p.add_argument("--watch-threshold", type=open_unit_float, default=None,
+                   help="fire when P(positive answer) reaches this (default: the model's own, else 0.5)")
+    p.add_argument("--watch-cooldown", type=nonnegative_float, default=None,
+                   help="stream seconds after an alert before the same watch may fire again (default: the "
+                        "model's own, else 10)")
     p.add_argument("--fps", type=positive_float, default=1.0, help="frames sampled per second of video (default 1)")
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many frames")
     p.add_argument("--realtime", action="store_true", help="pace a file at real time, like a live stream")

@@ -108,6 +108,17 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
+def open_unit_float(text: str) -> float:
+    """argparse ``type`` of a probability strictly between 0 and 1 (``--watch-threshold``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number between 0 and 1 (exclusive)")
+    return value
+
+
 #: The most tokens one answer may have (``--max-new-tokens``); the model's positions left may allow fewer.
 MAX_NEW_TOKENS = 4096
 

@@ -120,3 +120,55 @@ def test_train_world_memory_smoke(tmp_path):
     assert report["steps"] == 1 and report["log"] == [] and "streams_full" in report["test"]
     assert (out / "training_report.json").read_text() == (VLM_DIR / "training_report.json").read_text()
     load_shapesworld_adapter(out)
+
+
+def test_watch_decisions_are_labelled_as_the_forward_protocol_scores():
+    from ppllava_hermes.world.tasks import FORWARD_TYPES
+
+    w = generate_world(WorldConfig(duration=120.0), video_seed("train", 78))
+    recs = generate_questions(w, TaskConfig(task_types=FORWARD_TYPES, questions_per_type=2))
+    assert recs
+    for rec in recs:
+        ds = tm.watch_decisions(w, rec, max_negatives=6)
+        e, tol = rec.extra["event_time"], rec.extra["tolerance"]
+        ends = set(tm.chunk_end_times(w.n_frames, w.fps, tm.WATCH_CHUNK))
+        assert all(d.timestamp in ends and d.timestamp > rec.timestamp and d.question == rec.question for d in ds)
+        now = [d.timestamp for d in ds if d.answer == tm.WATCH_POSITIVE]
+        no = [d.timestamp for d in ds if d.answer == tm.WATCH_NEGATIVE]
+        assert now and all(e <= t <= e + tol for t in now)  # a 2 s tolerance holds a 2-frame chunk's end
+        assert all(t < e for t in no) and len(no) <= 6
+        assert max(no, default=-1) == max((t for t in ends if rec.timestamp < t < e), default=-1)  # the hardest kept
+
+
+@needs_model
+def test_watch_decision_blocks_equal_the_sessions_watch_scores():
+    """A watch stream's packed decision logits equal what StreamingSession.watch scores on the same stream."""
+    import random
+
+    from ppllava_hermes.world.model import WATCH
+    from ppllava_hermes.world.tasks import FORWARD_TYPES
+
+    adapter = load_shapesworld_adapter()
+    builder = tm.DocumentBuilder(adapter)
+    w = generate_world(WorldConfig(duration=60.0), video_seed("train", 79))
+    rec = generate_questions(w, TaskConfig(task_types=FORWARD_TYPES, questions_per_type=1))[0]
+    ds = tm.watch_decisions(w, rec, rng=random.Random(0))
+    doc = builder.stream_document(w, ds, None, chunk=tm.WATCH_CHUNK)
+    with torch.no_grad():
+        logits = tm.packed_logits(adapter.model.eval(), tm.pack([[doc]]))[0]
+    ordered = sorted(ds, key=lambda d: d.timestamp)
+    session = StreamingSession(adapter, config=StreamConfig(chunk_frames=tm.WATCH_CHUNK))
+    wid = None
+    for s in range(0, int(max(d.timestamp for d in ds)) + 1, tm.WATCH_CHUNK):
+        if wid is None and rec.timestamp < s + tm.WATCH_CHUNK - 1:
+            wid = session.watch(rec.question, WATCH)
+        clip = w.clip(s, s + tm.WATCH_CHUNK)
+        session.add_frames(clip.frames, clip.timestamps)
+    scores = dict(session.watches[wid].scores)
+    o = doc.embeds.shape[0]
+    pos, neg = session.watches[wid].positive_ids, session.watches[wid].negative_ids
+    for d, (e, *_rest) in zip(ordered, doc.blocks, strict=True):
+        last_q = o + e.shape[0] - 3  # the question's last token predicts the answer word ("now"/"no", end)
+        p = torch.softmax(logits[last_q], -1)
+        assert float(p[pos].sum() / (p[pos].sum() + p[neg].sum())) == pytest.approx(scores[d.timestamp], abs=1e-4)
+        o += e.shape[0]

@@ -121,6 +121,9 @@ class LMAdapter(ABC):
         self.model = model
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
+        # How this model is best asked a standing query (a ``streaming.watch.WatchConfig``; None: the
+        # default yes/no prompt). A model trained for watches (ShapesWorld stage 4) sets its own.
+        self.watch_config = None
 
     # ---- properties every family provides -------------------------------------------------------
     @property

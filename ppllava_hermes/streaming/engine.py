@@ -15,7 +15,7 @@ text-LM benchmark) and offers five operations:
   rollback); it is the one place policy time is measured.
 - :meth:`KVEngine.generate` answers: an optional question-time cache from the policy
   (``MemoryPolicy.question_cache``), the question prefill, then greedy or sampled decoding, all inside a
-  rollback.
+  rollback. :meth:`KVEngine.next_token_logits` is its first step alone (a watch's decision).
 
 ``next_position`` (where the next token's positions start) is tracked here and nowhere else.
 """
@@ -285,6 +285,15 @@ class KVEngine:
         return Generation(token_ids=out_ids, ttft_s=ttft, total_s=time.perf_counter() - t0,
                           cache_tokens=cache_tokens, kv_bytes=kv_bytes, question_cache_s=cache_s,
                           question_logits=q_logits)
+
+    @torch.no_grad()
+    def next_token_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(V,)`` float logits of the token after text ``ids`` ``(L,)``, prefilled as a question is (the
+        policy's question-time cache included); the memory is unchanged afterwards. A watch's decision."""
+        with self.rollback():
+            self.enter_question_cache(ids)
+            logits, _ = self.prefill(self.lm.text_segment(ids, self.next_position, TokenKind.TEXT))
+        return logits[0, -1].float()
 
     def _decode(self, ids: torch.Tensor, gen: GenerationConfig, t0: float, return_logits: bool):
         processors = _sampling_processors(gen)

@@ -10,11 +10,15 @@ Frames that do not fill a temporal group wait. A question asked then sees them: 
 padded (the HF processor's rule: repeat the last frame, +1 us each) and prefilled *inside the question's
 rollback*, and the lone frames stay pending, so what the memory holds never depends on when questions
 were asked. :meth:`StreamingSession.flush` pads and ingests for good (the end of a stream).
+
+Standing queries (:meth:`StreamingSession.watch`, specified in :mod:`.watch`) decide after every ingested
+chunk, inside the same rollback, and emit :class:`~.watch.WatchEvent` objects when they fire.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +31,10 @@ from ..video.types import VideoClip
 from .chunks import PoolingStage, encode_pooled, group_chunk_frames, pad_to_group
 from .engine import EngineStats, GenerationConfig, KVEngine
 from .sparsity import FrameGate, gate_segment
+from .watch import Watch, WatchConfig, WatchEvent, first_token_ids
 
-__all__ = ["Answer", "GenerationConfig", "IngestStats", "PoolingStage", "StreamConfig", "StreamingSession"]
+__all__ = ["Answer", "GenerationConfig", "IngestStats", "PoolingStage", "StreamConfig", "StreamingSession",
+           "WatchConfig", "WatchEvent"]
 
 
 @dataclass
@@ -93,6 +99,8 @@ class IngestStats(EngineStats):
     visual_tokens: int = 0
     encode_s: float = 0.0
     frames_skipped: int = 0  # frames a gate kept out entirely (they are still in the frame log)
+    watch_s: float = 0.0  # seconds in watch decisions (and the text of the events that fired)
+    watch_decisions: int = 0  # decisions made, over all watches
 
 
 
@@ -114,6 +122,8 @@ class StreamingSession:
         self.chunk_frames = group_chunk_frames(self.config.chunk_frames, adapter.frames_per_group)
         self.engine = KVEngine(adapter, memory, record_logits=self.config.record_logits)
         self.memory = self.engine.memory
+        self.watches: dict[int, Watch] = {}
+        self._next_watch_id = 0
         self.reset()
 
     # ---- the engine's state, read through the session ---------------------------------------------
@@ -171,6 +181,9 @@ class StreamingSession:
         self._tokens_per_frame: int | None = None
         if self.gate is not None:
             self.gate.reset()
+        self._events: list[WatchEvent] = []
+        for w in getattr(self, "watches", {}).values():  # watches stay registered, their state is the stream's
+            w.armed, w.last_fired, w.decisions, w.scores, w.fired = True, None, 0, [], []
 
     def start(self) -> None:
         """Prefill the system prompt now rather than with the first frames (idempotent).
@@ -256,6 +269,8 @@ class StreamingSession:
             return
         visual, keep = self.encode_chunk(frames, times, first_id)
         self.add_visual_tokens(visual, times[:real], keep=keep)
+        if self.watches:
+            self._decide(float(times[real - 1]))
 
     def encode_chunk(self, frames: np.ndarray, times: np.ndarray, first_id: int,
                      gate: bool = True) -> tuple[VisualTokens, torch.Tensor | None]:
@@ -298,6 +313,64 @@ class StreamingSession:
         prompt's tokens.
         """
         return self.engine.probe(prompts)
+
+    # ---- standing queries -----------------------------------------------------------------------
+    def watch(self, query: str, config: WatchConfig | None = None,
+              callback: Callable[[WatchEvent], None] | None = None) -> int:
+        """Register a standing query; it decides after every chunk ingested from now on (see :mod:`.watch`).
+        ``config`` defaults to the adapter's own ``watch_config``, else :class:`WatchConfig`'s defaults.
+        Returns its id (for :meth:`unwatch`)."""
+        if not query or not query.strip():
+            raise ValueError("watch(): the query is empty")
+        if self.memory.stores_frames:
+            raise ValueError(f"watch(): memory policy {self.memory.name!r} builds its cache per question from "
+                             "stored frames; a decision per chunk would replay the video each time")
+        config = config or self.adapter.watch_config or WatchConfig()
+        unk = getattr(self.adapter.tokenizer, "unk_token_id", None)
+        pos = first_token_ids(self.adapter.tokenize, config.positive, "positive", unk)
+        neg = first_token_ids(self.adapter.tokenize, config.negative, "negative", unk)
+        if set(pos) & set(neg):
+            raise ValueError(f"watch: positive {config.positive} and negative {config.negative} words share a "
+                             "first token in this tokenizer; pick words that differ in their first token")
+        prompt = self.adapter.question_text(config.template.format(query=query.strip()))
+        wid = self._next_watch_id
+        self._next_watch_id += 1
+        self.watches[wid] = Watch(wid, query.strip(), config, callback, self.adapter.tokenize(prompt), pos, neg)
+        return wid
+
+    def unwatch(self, watch_id: int) -> None:
+        """Remove a watch (``ValueError`` for an unknown id)."""
+        if watch_id not in self.watches:
+            raise ValueError(f"unwatch(): no watch {watch_id!r} (active: {sorted(self.watches)})")
+        del self.watches[watch_id]
+
+    def events(self) -> list[WatchEvent]:
+        """The events fired since the last call, oldest first (the queue is emptied)."""
+        out, self._events = self._events, []
+        return out
+
+    @torch.no_grad()
+    def _decide(self, now: float) -> None:
+        """Every watch's decision on the memory as it is after a chunk; the memory is unchanged."""
+        t0 = time.perf_counter()
+        try:
+            for w in list(self.watches.values()):
+                score = w.score(self.engine.next_token_logits(w.prompt_ids))
+                self.stats.watch_decisions += 1
+                if not w.should_fire(now, score):
+                    continue
+                if w.config.text_tokens:
+                    ids = self.engine.generate(w.prompt_ids, GenerationConfig(max_new_tokens=w.config.text_tokens)).token_ids
+                else:
+                    ids = w.positive_ids[:1]
+                text = self.adapter.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                event = WatchEvent(w.watch_id, w.query, now, text, round(score, 6))
+                w.fired.append(event)
+                self._events.append(event)
+                if w.callback is not None:
+                    w.callback(event)
+        finally:
+            self.stats.watch_s += time.perf_counter() - t0
 
     # ---- questions ------------------------------------------------------------------------------
     @torch.no_grad()

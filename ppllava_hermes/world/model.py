@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation.records import QARecord
+from ..streaming.watch import WatchConfig
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 VLM_DIR = CHECKPOINT_DIR / "vlm"
@@ -23,6 +24,9 @@ CLIP_DIR = CHECKPOINT_DIR / "clip"
 SYSTEM_PROMPT = "You watch a video of coloured shapes and answer with one word."
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
             "<|image_pad|>", "<|video_pad|>", "[UNK]"]
+# How the ShapesWorld model is asked a standing query (stage 4, ``train_world_memory --watch-streams``): the
+# forward question itself, answered "now" at the chunk that shows the event and "no" before it (ours).
+WATCH = WatchConfig(template="{query}", positive=("now",), negative=("no",), threshold=0.5, cooldown_s=10.0)
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
@@ -115,7 +119,9 @@ def load_shapesworld_adapter(path: str | Path | None = None, device: str | None 
     if device:
         model = model.to(device)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-    return Qwen2_5_VLAdapter(model, tokenizer, default_video_processor(model.config), system_prompt=SYSTEM_PROMPT)
+    adapter = Qwen2_5_VLAdapter(model, tokenizer, default_video_processor(model.config), system_prompt=SYSTEM_PROMPT)
+    adapter.watch_config = WATCH
+    return adapter
 
 
 def has_shipped_model() -> bool:

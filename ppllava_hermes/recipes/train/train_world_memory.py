@@ -72,6 +72,7 @@ from ppllava_hermes.world.generator import World, WorldConfig, generate_world
 from ppllava_hermes.world.model import answer_text, load_shapesworld_adapter, prompt_for
 from ppllava_hermes.world.tasks import (
     ALL_BACKWARD_TYPES,
+    FORWARD_TYPES,
     REALTIME_TYPES,
     TaskConfig,
     generate_questions,
@@ -80,6 +81,8 @@ from ppllava_hermes.world.tasks import (
 )
 
 CHUNK = 4  # frames per clip and per chunk, as the demo and the memory benchmark stream (ours)
+WATCH_CHUNK = 2  # frames per chunk when watches decide: one temporal group, a decision every 2 s at 1 fps (ours)
+WATCH_POSITIVE, WATCH_NEGATIVE = "now", "no"  # the ShapesWorld watch's answer words (world.model.WATCH)
 STANDING_QUERY = "a coloured shape"  # the demo's standing query for CLIP pooling while streaming
 STREAM_TYPES = ALL_BACKWARD_TYPES + REALTIME_TYPES
 TRAIN_SEED_BASE = 2 * 10**7  # train-split video indices of this stage (disjoint from stages 1-2)
@@ -244,12 +247,15 @@ class DocumentBuilder:
                                cut[c], targets, rec.task_type))
         return doc
 
-    def stream_document(self, world: World, records: list[QARecord], stage: PoolingStage | None) -> Document:
-        """All ``records`` of one world, asked at their times in one streamed session."""
+    def stream_document(self, world: World, records: list[QARecord], stage: PoolingStage | None,
+                        chunk: int = CHUNK) -> Document:
+        """All ``records`` of one world, asked at their times in one session streaming clips of ``chunk``."""
+        records = sorted(records, key=lambda r: float(r.timestamp))
         last = max(int(round(r.timestamp * world.fps)) for r in records)
-        n = min(world.n_frames, (last // CHUNK + 1) * CHUNK)  # frames after the last question add nothing
+        n = min(world.n_frames, (last // chunk + 1) * chunk)  # frames after the last question add nothing
         frames = np.stack(list(world.frames(0, n)))
-        return self.document(frames, *plan_session(n, [float(r.timestamp) for r in records], world.fps), records, stage)
+        plan = plan_session(n, [float(r.timestamp) for r in records], world.fps, clip_frames=chunk, chunk_frames=chunk)
+        return self.document(frames, *plan, records, stage)
 
     def clip_document(self, frames: np.ndarray, record: QARecord, stage: PoolingStage | None) -> Document:
         """A short clip: one session with the clip's frames, then its question."""
@@ -328,15 +334,52 @@ def stream_records(world: World, salt: int, per_type: int) -> list[QARecord]:
     return generate_questions(world, tc, salt=salt)
 
 
-def training_streams(seed: int, min_s: float, max_s: float, per_type: int) -> Iterator[tuple[World, list]]:
-    """Endless (world, records) of the train split, each world new; durations uniform in [min_s, max_s]."""
+def chunk_end_times(n_frames: int, fps: float, chunk_frames: int) -> list[float]:
+    """Stream time of the last frame of each whole chunk: the moments a session's watches decide."""
+    return [(s + chunk_frames - 1) / fps for s in range(0, n_frames - chunk_frames + 1, chunk_frames)]
+
+
+def watch_decisions(world: World, rec: QARecord, *, chunk_frames: int = WATCH_CHUNK, max_negatives: int = 6,
+                    rng: random.Random | None = None) -> list[QARecord]:
+    """The decisions a session watching ``rec.question`` (a forward record) from ``rec.timestamp`` makes,
+    labelled as the forward protocol scores them: ``WATCH_POSITIVE`` at the chunk ends in
+    ``[event_time, event_time + tolerance]``, ``WATCH_NEGATIVE`` before ``event_time`` (at most
+    ``max_negatives``: the three just before the event, the hardest, and random earlier ones); decisions
+    after the window are not asked (a watch that fired has reported its event).
+    """
+    rng = rng or random.Random(0)
+    e, tol = float(rec.extra["event_time"]), float(rec.extra["tolerance"])
+    ends = [t for t in chunk_end_times(world.n_frames, world.fps, chunk_frames) if t > float(rec.timestamp)]
+    pos = [t for t in ends if e <= t <= e + tol]
+    neg = [t for t in ends if t < e]
+    neg = neg[-3:] + rng.sample(neg[:-3], min(len(neg[:-3]), max(0, max_negatives - 3)))
+
+    def decision(t: float, word: str) -> QARecord:
+        return QARecord(benchmark="shapesworld", qid=f"{rec.qid}@{t:g}", video=rec.video, question=rec.question,
+                        answer=word, task_type=f"watch_{word}", task_kind="forward", timestamp=t)
+
+    return [decision(t, WATCH_POSITIVE) for t in pos] + [decision(t, WATCH_NEGATIVE) for t in sorted(neg)]
+
+
+def watch_records(world: World, salt: int, per_type: int, rng: random.Random) -> list[QARecord]:
+    """A watch stream's records: the labelled decisions of its forward questions, and its own backward and
+    realtime questions (so those are also learnt on the watch chunking)."""
+    tc = TaskConfig(task_types=FORWARD_TYPES, questions_per_type=per_type)
+    out = [d for rec in generate_questions(world, tc, salt=salt) for d in watch_decisions(world, rec, rng=rng)]
+    return out + stream_records(world, salt, 1) if out else []
+
+
+def training_streams(seed: int, min_s: float, max_s: float, per_type: int,
+                     records=None) -> Iterator[tuple[World, list]]:
+    """Endless (world, records) of the train split, each world new; durations uniform in [min_s, max_s].
+    ``records(world, i)`` makes a world's records (default: :func:`stream_records` with ``per_type``)."""
     rng = random.Random(seed)
     i = 0
     while True:
         duration = float(rng.randint(int(min_s), int(max_s)))
         w = generate_world(WorldConfig(duration=duration), video_seed("train", TRAIN_SEED_BASE + seed * 10**5 + i))
         i += 1
-        recs = stream_records(w, i, per_type)
+        recs = records(w, i) if records is not None else stream_records(w, i, per_type)
         if recs:
             yield w, recs
 
@@ -433,6 +476,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=180, help="optimizer steps (the schedule's length)")
     p.add_argument("--streams", type=int, default=2, help="streams per step (ours)")
     p.add_argument("--shorts", type=int, default=8, help="short clips per step (ours)")
+    p.add_argument("--watch-streams", type=int, default=0,
+                   help="streams per step with labelled watch decisions, chunked as watches run (stage 4; ours: 1)")
+    p.add_argument("--watch-per-type", type=int, default=2, help="forward questions per type per watch stream (ours)")
     p.add_argument("--questions-per-type", type=int, default=5, help="questions per task type per stream (ours)")
     p.add_argument("--min-seconds", type=float, default=60.0)
     p.add_argument("--max-seconds", type=float, default=240.0)
@@ -499,6 +545,8 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     builder = DocumentBuilder(adapter, scorer)
     streams = training_streams(args.seed, args.min_seconds, args.max_seconds, args.questions_per_type)
+    watch = training_streams(args.seed + 1, args.min_seconds, args.max_seconds, args.questions_per_type,
+                             records=lambda w, i: watch_records(w, i, args.watch_per_type, random.Random(i)))
     shorts = iter_short_clips("train", 10**7, seed_base=6 * 10**7 + args.seed * 10**6)
     probs = [float(x) for x in args.pool_probs.split(",")]
     modes = [None, "avg", "clip" if scorer is not None else "avg"]
@@ -514,6 +562,10 @@ def main(argv: list[str] | None = None) -> None:
             w, recs = next(streams)
             stage = builder.stage(random.choices(modes, probs)[0])
             rows.append([builder.stream_document(w, recs, stage)])
+        for _ in range(args.watch_streams):
+            w, recs = next(watch)
+            stage = builder.stage(random.choices(modes, probs)[0])
+            rows.append([builder.stream_document(w, recs, stage, chunk=WATCH_CHUNK)])
         docs = []
         for _ in range(args.shorts):
             frames, rec = next(shorts)
