@@ -441,6 +441,44 @@ def test_option_helpers() -> None:
         split_embedded_options("A dog runs.\nBut where?")
 
 
+def test_options_that_are_only_letters_keep_them() -> None:
+    assert strip_option_letters(["A.", "B.", "(C)", "D:"]) == ["A", "B", "C", "D"]  # a label alone is the option
+    assert strip_option_letters(["A", "B", "C", "D"]) == ["A", "B", "C", "D"]  # no label: left alone
+    assert strip_option_letters(["A. A", "B. B"]) == ["A", "B"]
+    assert strip_option_letters(["A. B", "B. A"]) == ["B", "A"]
+    assert strip_option_letters(["A. red", "B."]) == ["red", "B"]
+    assert split_embedded_options("Which door?\nA.\nB.\n(C)")[1] == ["A", "B", "C"]
+    assert split_embedded_options("Q?\nA.\nthe red one\nB. blue")[1] == ["the red one", "blue"]
+
+
+def _videomme_row(qid: str, options: list[str], answer: str) -> dict[str, Any]:
+    return {"question_id": qid, "videoID": "vid", "duration": "short", "question": "Which one?",
+            "options": options, "answer": answer}  # fmt: skip
+
+
+def test_records_with_letter_only_or_ambiguous_options(tmp_path: Path) -> None:
+    items = [
+        _videomme_row("letters", ["A.", "B.", "C.", "D."], "B"),
+        _videomme_row("bare", ["A", "B", "C", "D"], "C"),
+        _videomme_row("twin-answer", ["A. red", "B. Red.", "C. blue"], "A"),
+        _videomme_row("label-twin", ["A. B", "B."], "B"),
+        _videomme_row("twin-wrong", ["A. red", "B. blue", "C. red"], "B"),  # scored without ambiguity: kept
+        {"question_id": "embedded", "videoID": "vid", "duration": "short", "question": "Which?\nA.\nB.", "answer": 1},
+    ]  # fmt: skip
+    (tmp_path / "videomme.json").write_text(json.dumps(items))
+    result = load_with_skips("videomme", tmp_path / "videomme.json", [2, 3])
+    recs = by_qid(result)
+    assert (recs["letters"].options, recs["letters"].answer) == (["A", "B", "C", "D"], 1)
+    assert (recs["bare"].options, recs["bare"].answer) == (["A", "B", "C", "D"], 2)
+    assert (recs["twin-wrong"].options, recs["twin-wrong"].answer) == (["red", "blue", "red"], 1)
+    assert (recs["embedded"].options, recs["embedded"].answer) == (["A", "B"], 1)
+    reasons = {s.qid: s.reason for s in result.skipped}
+    assert reasons == {
+        "twin-answer": "options A and B are the same ('Red.') and A is the answer",
+        "label-twin": "options A and B are the same ('B') and B is the answer",
+    }
+
+
 def test_answer_conventions() -> None:
     for letter in ("C", "(C)", "C.", "c", " C "):
         assert answer_from_letter(letter, 4) == 2

@@ -1,11 +1,13 @@
 """PyAV (FFmpeg) plumbing shared by the reader and the streaming sources.
 
-Knows: opening a container with an optional connect/read timeout, mapping pts to seconds, indexing a
-file's frames and keyframes from packets alone, demuxing and decoding packet by packet while skipping
-what the decoder rejects (and counting it), decoding only chosen frames of a file by seeking to the
-keyframe before each one and decoding forward to it (:func:`seek_frames`), and turning a frame into an
-upright ``(H, W, 3)`` uint8 RGB array (display-matrix rotation applied), optionally resized inside
-swscale during the colour conversion, so no full-resolution RGB copy is ever made.
+Knows: opening a container with an optional connect/read timeout (a local MP4 that cannot be opened
+because its index is missing is named as such), mapping pts to seconds, indexing a file's frames and
+keyframes from packets alone (leaving out the half packet a truncated file ends with), demuxing and
+decoding packet by packet while skipping what the decoder rejects (and counting it), decoding only
+chosen frames of a file by seeking to the keyframe before each one and decoding forward to it
+(:func:`seek_frames`), and turning a frame into an upright ``(H, W, 3)`` uint8 RGB array
+(display-matrix rotation applied), optionally resized inside swscale during the colour conversion, so
+no full-resolution RGB copy is ever made.
 Does not know: which frames to keep, chunking, torchcodec or decord, or how results are reported to
 the caller beyond :class:`DecodeStats` and :class:`~ppllava_hermes.video.errors.VideoError`.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from . import _mp4
 from .errors import VideoDecodeWarning, VideoError, VideoNotFoundError, describe_exception
 
 # A demuxer that keeps failing at the same spot would otherwise loop forever.
@@ -44,7 +48,9 @@ def open_input(
     except av.error.ExitError:  # raised by PyAV's interrupt callback when the timeout fires
         raise VideoError(source, f"timed out after {timeout} s while opening") from None
     except Exception as exc:  # FFmpegError subclasses; anything else must not escape raw either
-        raise VideoError(source, f"{what} ({describe_exception(exc)})") from None
+        # FFmpeg only says "Invalid data" for an MP4 without its index: name the likely cause instead
+        truncated = _mp4.open_failure(source) if os.path.isfile(source) else None
+        raise VideoError(source, truncated or f"{what} ({describe_exception(exc)})") from None
 
 
 def video_stream(container: av.container.InputContainer, source: str) -> av.video.stream.VideoStream:
@@ -260,15 +266,37 @@ class StreamIndex:
         return np.array([self.timeline.seconds(int(k)) for k in self.keys], dtype=np.float64)
 
 
+def cut_off(packet: av.Packet, file_size: int | None) -> bool:
+    """Whether ``packet`` is the partial last packet of a file cut short.
+
+    FFmpeg returns what the file still holds of such a packet and flags it corrupt; its data reaches
+    the end of the file. ``file_size`` ``None`` (not a local file) never cuts anything off.
+    """
+    return (
+        file_size is not None
+        and packet.is_corrupt
+        and packet.pos is not None
+        and packet.pos >= 0
+        and packet.pos + packet.size >= file_size
+    )
+
+
 def index_stream(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, source: str
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    source: str,
+    file_size: int | None = None,
 ) -> StreamIndex:
-    """The :class:`StreamIndex` of a file's video stream (reads every packet, decodes none)."""
+    """The :class:`StreamIndex` of a file's video stream (reads every packet, decodes none).
+
+    With ``file_size``, a partial packet at the end of a truncated file (see :func:`cut_off`) is not a
+    frame: it is left out, so nobody asks for a frame that cannot be whole.
+    """
     pts: list[int] = []
     key_pts: list[int] = []
     count = 0
     for packet in demux_packets(container, stream, source, None):
-        if packet.size > 0:
+        if packet.size > 0 and not cut_off(packet, file_size):
             count += 1
             if packet.pts is not None:
                 pts.append(packet.pts)

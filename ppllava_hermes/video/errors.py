@@ -2,8 +2,9 @@
 
 Every failure to read a source becomes a :class:`VideoError` whose message names the source and the
 reason, so callers never see a raw torchcodec/decord/PyAV/FFmpeg traceback. Frames that are skipped while
-the rest of the source is still readable produce a :class:`VideoDecodeWarning` instead; a preferred
-decoder that cannot run here produces one :class:`VideoBackendWarning`.
+the rest of the source is still readable produce a :class:`VideoDecodeWarning` instead, and a file cut
+short (a truncated MP4 whose index comes first) one :class:`VideoTruncatedWarning` saying where its
+frames end; a preferred decoder that cannot run here produces one :class:`VideoBackendWarning`.
 
 This module knows nothing about decoding; it only formats messages.
 """
@@ -44,6 +45,11 @@ class VideoNotFoundError(VideoError, FileNotFoundError):
 
 class VideoDecodeWarning(UserWarning):
     """Some frames of a source could not be decoded and were skipped; the others are returned."""
+
+
+class VideoTruncatedWarning(VideoDecodeWarning):
+    """A file was cut short: its header declares more video than its bytes hold; the frames before the
+    cut are returned, and the message says where they end."""
 
 
 class VideoBackendWarning(UserWarning):

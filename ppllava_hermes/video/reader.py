@@ -15,6 +15,13 @@ and their exact timestamps whatever decoder then fetches them. Decoders:
 When torchcodec fails on a file under ``"auto"``, PyAV decodes it. Rotated videos (display matrix)
 come out upright. ``max_side`` shrinks frames right after each is decoded, so at most one small batch
 of full-resolution frames exists at a time.
+
+Truncated MP4/MOV files (see :mod:`._mp4`): one whose index comes first is read as the shorter video
+its whole frames make (the half frame it ends with is left out of the index): :func:`probe` reports
+where the frames end next to what the header declared, :func:`read_video` (and ``stream_video``)
+warn once with a :class:`~ppllava_hermes.video.errors.VideoTruncatedWarning`, and ``"auto"``
+decodes it with PyAV, which stops cleanly at the cut. One whose index is missing or cut is a
+:class:`~ppllava_hermes.video.errors.VideoError` saying so.
 Does not know: URLs, devices and image folders (see :mod:`.sources`), or model preprocessing.
 """
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,8 +38,8 @@ from typing import Literal
 
 import numpy as np
 
-from . import _decord, _pyav, _torchcodec
-from .errors import VideoError, VideoNotFoundError, describe_exception
+from . import _decord, _mp4, _pyav, _torchcodec
+from .errors import VideoError, VideoNotFoundError, VideoTruncatedWarning, describe_exception
 from .sampling import Sampling
 from .sizing import check_max_side, fit_size
 from .types import VideoClip
@@ -49,15 +57,24 @@ class VideoInfo:
 
     Attributes:
         path: the file as given.
-        num_frames: frame count from the header, or counted from packets when the header has none.
+        num_frames: frame count from the header, or counted from packets when the header has none or
+            the file is truncated.
         fps: average frame rate (frames/s).
-        duration: seconds.
+        duration: seconds; for a truncated file, where its frames end (the last whole frame's time
+            plus one frame period).
         width, height: size of the frames as returned, i.e. after rotation.
         rotation: counter-clockwise degrees (0, 90, 180, 270) the display matrix asks for; frames
             returned by this package are already rotated by it.
         backend: what ``read_video(path, backend="auto")`` tries first ("torchcodec" or "pyav"; "decord"
-            is accepted for infos built by callers).
+            is accepted for infos built by callers); "pyav" for a truncated file.
         codec: FFmpeg codec name, e.g. "h264".
+        declared_frames, declared_duration: set only for a truncated file (:attr:`truncated`): what
+            its header declares (``declared_frames`` stays ``None`` when the header has no count).
+
+    A file is truncated when it is an MP4/MOV that ends inside one of its boxes and its whole frames
+    end before what its header declares. Telling that costs no more than reading box headers; only
+    then is the file read to its end (packets, no decoding) to find where the frames stop, as for a
+    container whose header has no frame count. Other containers are not checked for truncation.
     """
 
     path: str
@@ -69,6 +86,13 @@ class VideoInfo:
     rotation: int = 0
     backend: str = "pyav"
     codec: str = ""
+    declared_frames: int | None = None
+    declared_duration: float | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the file was cut short: its frames end before what its header declares."""
+        return self.declared_duration is not None
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -83,6 +107,16 @@ class VideoInfo:
             raise ValueError(f"rotation must be 0, 90, 180 or 270, got {self.rotation}")
         if self.backend not in DECODERS:
             raise ValueError(f"backend must be one of {DECODERS}, got {self.backend!r}")
+        if self.declared_duration is not None and not (
+            math.isfinite(self.declared_duration) and self.declared_duration >= self.duration
+        ):
+            raise ValueError(
+                f"declared_duration must be finite and >= duration ({self.duration}), got {self.declared_duration}"
+            )
+        if self.declared_frames is not None and self.declared_frames < self.num_frames:
+            raise ValueError(
+                f"declared_frames must be >= num_frames ({self.num_frames}), got {self.declared_frames}"
+            )
 
 
 @dataclass(frozen=True)
@@ -116,7 +150,11 @@ def _probe(path: str | os.PathLike[str]) -> _Probed:
     try:
         return _probe_container(src)
     except VideoError:
-        raise
+        # an index cut off mid-way leaves FFmpeg with no stream or no frames: say what happened instead
+        reason = _mp4.open_failure(src)
+        if reason is None:
+            raise
+        raise VideoError(src, reason) from None
     except Exception as exc:  # whatever PyAV raises on odd files must not escape raw
         raise VideoError(src, f"cannot read video headers ({describe_exception(exc)})") from None
 
@@ -125,10 +163,15 @@ def _probe_container(src: str) -> _Probed:
     with _pyav.open_input(src) as container:
         stream = _pyav.video_stream(container, src)
         header_frames = int(stream.frames or 0)
+        # an MP4 that ends inside a box was cut short and its header may promise frames it no longer
+        # holds: read every packet, as for a header without a count, to know where the frames end
+        layout = _mp4.layout(src)
+        cut = layout is not None and layout.cut is not None
+        file_size = layout.size if cut else None
         counted, has_pts, first = 0, False, None
         lo, hi = None, None  # pts range, for the rate when the whole file is read anyway
         for packet in _pyav.demux_packets(container, stream, src, None):
-            if packet.size > 0:
+            if packet.size > 0 and not _pyav.cut_off(packet, file_size):
                 counted += 1
                 if packet.pts is not None:
                     has_pts = True
@@ -140,13 +183,19 @@ def _probe_container(src: str) -> _Probed:
                 except Exception:  # a damaged first packet: try the next ones
                     decoded = []
                 first = decoded[0] if decoded else None
-            if first is not None and header_frames > 0:
+            if first is not None and header_frames > 0 and not cut:
                 break  # the header has the count; no need to read the whole file
+        if counted == 0 and cut:
+            raise VideoError(
+                src,
+                f"truncated: no whole video frame (the file ends at {layout.size} bytes, inside its "
+                f"{layout.cut!r} box)",
+            )
         if counted == 0:
             raise VideoError(src, "no video frames (the video stream is empty)")
         if first is None:
             raise VideoError(src, f"no decodable video frames ({counted} packets, none decoded)")
-        num_frames = header_frames if header_frames > 0 else counted
+        num_frames = header_frames if header_frames > 0 and not cut else counted
         rotation = 90 * _pyav.quarter_turns(first.rotation, src)
         rate = stream.average_rate if has_pts else stream.guessed_rate
         rate = rate or stream.guessed_rate or stream.average_rate
@@ -164,9 +213,21 @@ def _probe_container(src: str) -> _Probed:
         else:
             duration = num_frames / float(rate) if rate else 0.0
         fps = float(rate) if rate else (num_frames / duration if duration > 0 else 0.0)
+        declared_frames = declared_duration = None
+        if cut:
+            start = stream.start_time if stream.start_time is not None else lo
+            end = _frames_end(counted, start, hi, Fraction(stream.time_base) if stream.time_base else None, fps)
+            if counted < header_frames or (end is not None and end < duration - 0.5 / (fps or 1.0)):
+                declared_frames = header_frames if header_frames >= counted else None
+                declared_duration = duration
+                duration = min(duration, end) if end is not None else duration
+                num_frames = counted
+            else:  # only something after the video was cut off: the header is right
+                num_frames = header_frames or counted
         h, w = first.height, first.width
         time_base = Fraction(stream.time_base) if has_pts and stream.time_base else None
-        usable_torchcodec = _torchcodec.import_torchcodec() is not None and time_base is not None
+        torchcodec_ok = _torchcodec.import_torchcodec() is not None and time_base is not None
+        usable_torchcodec = torchcodec_ok and declared_duration is None  # truncated: see plan_backend
         info = VideoInfo(
             path=src,
             num_frames=num_frames,
@@ -177,12 +238,42 @@ def _probe_container(src: str) -> _Probed:
             rotation=rotation,
             backend="torchcodec" if usable_torchcodec else "pyav",
             codec=stream.codec_context.name,
+            declared_frames=declared_frames,
+            declared_duration=declared_duration,
         )
         return _Probed(info=info, time_base=time_base)
 
 
+def _frames_end(
+    counted: int, start: int | None, last: int | None, time_base: Fraction | None, fps: float
+) -> float | None:
+    """Seconds where ``counted`` whole frames end: the last one's time (pts ``last``, t = 0 at pts
+    ``start``) plus one frame period, or ``counted`` periods without pts; ``None`` if unknown."""
+    period = 1.0 / fps if fps > 0 else 0.0
+    if last is not None and start is not None and time_base:
+        return max(0.0, float((last - start) * time_base)) + period
+    return counted * period if period else None
+
+
+def warn_truncated(info: VideoInfo, *, stacklevel: int = 3) -> None:
+    """The one :class:`VideoTruncatedWarning` for a truncated file, saying where its frames end (else nothing)."""
+    if info.declared_duration is None:
+        return
+    frames = f", {info.num_frames} of {info.declared_frames} frames" if info.declared_frames else ""
+    warnings.warn(
+        f"video {info.path!r}: truncated: frames end at {info.duration:.1f} s of a declared "
+        f"{info.declared_duration:.1f} s{frames}; nothing after that can be read",
+        VideoTruncatedWarning,
+        stacklevel=stacklevel,
+    )
+
+
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
-    """Read a file's headers and first frame; raises :class:`VideoError` for anything unreadable."""
+    """Read a file's headers and first frame; raises :class:`VideoError` for anything unreadable.
+
+    A truncated file is not an error: its info describes the frames it holds (see :class:`VideoInfo`),
+    without a warning (``read_video`` and ``stream_video`` warn when they read it).
+    """
     return _probe(path).info
 
 
@@ -219,6 +310,8 @@ def plan_backend(probed: _Probed, backend: str) -> str:
                 info.path, "torchcodec cannot locate frames of a stream without timestamps; use 'auto' or 'pyav'"
             )
         return "pyav"
+    if info.truncated and backend == "auto":
+        return "pyav"  # torchcodec fails on the half frame a truncated file ends with, PyAV stops before it
     return "torchcodec"
 
 
@@ -259,6 +352,7 @@ def read_video(
     check_backend(backend)
     probed = _probe(path)
     src = probed.info.path
+    warn_truncated(probed.info)
     size = fit_size(probed.info.height, probed.info.width, max_side)
     plan = plan_backend(probed, backend)
     if plan == "decord":
@@ -292,7 +386,7 @@ def file_index(src: str) -> FileIndex:
     try:
         with _pyav.open_input(src) as container:
             stream = _pyav.video_stream(container, src)
-            index = _pyav.index_stream(container, stream, src)
+            index = _pyav.index_stream(container, stream, src, os.path.getsize(src))
     except VideoError:
         raise
     except Exception as exc:

@@ -39,6 +39,7 @@ from .reader import (
     plan_backend,
     torchcodec_failure,
     torchcodec_size,
+    warn_truncated,
 )
 from .sampling import FpsSampler, fps_indices
 from .sizing import check_max_side, fit_size, resize_rgb
@@ -130,7 +131,9 @@ def stream_video(
     Raises:
         VideoError: missing or unreadable source; raised by this call for files and folders, on the first
             ``next()`` for URLs and devices (which are opened lazily). Undecodable frames are skipped
-            with a :class:`~ppllava_hermes.video.errors.VideoDecodeWarning` when the stream ends.
+            with a :class:`~ppllava_hermes.video.errors.VideoDecodeWarning` when the stream ends; a
+            truncated file is streamed to where its frames end, said by this call in one
+            :class:`~ppllava_hermes.video.errors.VideoTruncatedWarning`.
     """
     cfg = StreamConfig(
         chunk_frames=chunk_frames,
@@ -149,6 +152,7 @@ def stream_video(
         frames = _image_frames(src, _list_images(src), cfg)
     elif kind == "file":
         probed = _probe(src)
+        warn_truncated(probed.info)
         frames = _file_frames(probed, plan_backend(probed, cfg.backend), cfg)
     else:
         if cfg.backend in ("decord", "torchcodec"):

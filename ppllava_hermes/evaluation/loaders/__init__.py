@@ -6,9 +6,11 @@ Use :func:`load_benchmark` with a name from :data:`BENCHMARKS`, or the per-bench
     result.records   # list[QARecord]
     result.skipped   # list[SkippedRecord(index, reason)], also announced by a MalformedRecordWarning
 
-Conventions shared by all loaders: options are stored without their letters, a multiple-choice answer
-is a 0-based index into them (whatever the file used: letter, 0-based index or option text), times are
-seconds, and a file that is not JSON or not of the expected top-level shape raises ``ValueError``.
+Conventions shared by all loaders: options are stored without their letters (an option that is only a
+label, "B." or "(B)", is the option "B"), a record with an empty option or whose answer repeats another
+option's text is skipped as malformed, a multiple-choice answer is a 0-based index into them (whatever
+the file used: letter, 0-based index or option text), times are seconds, and a file that is not JSON or
+not of the expected top-level shape raises ``ValueError``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Every loader follows the same contract: read the file (a broken file raises ``ValueError`` naming it),
 turn each item into :class:`QARecord` through a converter that raises :class:`Malformed` with a short
 reason, and collect the failures as :class:`SkippedRecord` (position in the file + reason). The
-:class:`RecordCollector` does the bookkeeping and the warning, so no record is ever dropped silently.
+:class:`RecordCollector` does the bookkeeping, the checks every multiple-choice record must pass (no
+empty option, an answer whose text no other option repeats) and the warning, so no record is ever
+dropped silently.
 """
 
 from __future__ import annotations
@@ -169,7 +171,8 @@ def split_embedded_options(text: str) -> tuple[str, list[str], str, str]:
     The options are the last run of lines lettered A, B, C, ... in order (a line that is not lettered
     between two lettered ones continues the previous option). Lines before a "Question:" line are the
     instruction (EgoSchema's "Select the best answer..."), lines after the options the trailer
-    ("Only give the best option."). Raises :class:`Malformed` when fewer than two options are found.
+    ("Only give the best option."). An option line with nothing after its label ("C.") is the option
+    "C". Raises :class:`Malformed` when fewer than two options are found.
     """
     lines = text.split("\n")
     parsed = [_option_line(line) for line in lines]
@@ -185,7 +188,7 @@ def split_embedded_options(text: str) -> tuple[str, list[str], str, str]:
                 options.append(q[1])
                 end = i
             elif q is None and lines[i].strip() and any(r and r[0] == expected for r in parsed[i + 1 :]):
-                options[-1] = f"{options[-1]} {lines[i].strip()}"
+                options[-1] = f"{options[-1]} {lines[i].strip()}".lstrip()  # "A." then its text
             else:
                 break
             i += 1
@@ -208,6 +211,8 @@ def split_embedded_options(text: str) -> tuple[str, list[str], str, str]:
     if not question:
         raise Malformed("empty question before the options")
     trailer = "\n".join(line for line in lines[end + 1 :] if line.strip()).strip()
+    # a label with no text ("C.") is the option "C", as in strip_option_letters
+    options = [text or chr(ord("A") + i) for i, text in enumerate(options)]
     return question, options, "\n".join(instruction_lines).strip(), trailer
 
 
@@ -218,16 +223,48 @@ def strip_option_letters(options: Sequence[Any]) -> list[str]:
     """Option texts without "A. " / "(A) " prefixes.
 
     Letters are removed only when every option carries the expected one (A, B, C, ... in order), so
-    texts like "2." or "Fan Z.D." are left alone.
+    texts like "2." or "Fan Z.D." are left alone. An option that is only its label ("B.", "(B)")
+    keeps the letter as its text ("B"), so options that are letters never become empty strings;
+    "A. B" is the option "B". Whether the result is usable is checked per record
+    (:func:`check_options`, run by :class:`RecordCollector`).
     """
     texts = [require_text(o, "option") for o in options]
     stripped = []
     for i, text in enumerate(texts):
         m = _LETTER_PREFIX.match(text)
-        if not m or (m.group(1) or m.group(2)) != chr(ord("A") + i):
+        letter = chr(ord("A") + i)
+        if not m or (m.group(1) or m.group(2)) != letter:
             return texts
-        stripped.append(text[m.end() :].strip())
+        stripped.append(text[m.end() :].strip() or letter)
     return stripped
+
+
+def check_options(options: Sequence[str], answer: int | None = None) -> list[str]:
+    """``options`` as a list, or :class:`Malformed` when one is empty or the answer cannot be told apart.
+
+    With ``answer`` (an index), the answer's text must not also be another option's; "the same"
+    ignores case, runs of spaces and a final dot, as :func:`answer_from_text` does. Two equal options
+    that are both wrong are left alone: some released items have them (StreamingBench SQA), and they
+    are still scored without ambiguity.
+    """
+    for i, text in enumerate(options):
+        if not text.strip():
+            raise Malformed(f"option {_label(i)} is empty")
+    if answer is not None and 0 <= answer < len(options):
+        key = _loose(options[answer])
+        for j, text in enumerate(options):
+            if j != answer and _loose(text) == key:
+                a, b = sorted((answer, j))
+                raise Malformed(
+                    f"options {_label(a)} and {_label(b)} are the same ({text!r}) and "
+                    f"{_label(answer)} is the answer"
+                )
+    return list(options)
+
+
+def _label(i: int) -> str:
+    """How option ``i`` is named in reasons: its letter, or its 1-based number past Z."""
+    return chr(ord("A") + i) if i < 26 else str(i + 1)
 
 
 # --------------------------------------------------------------------------------------------- answers
@@ -401,6 +438,11 @@ class RecordCollector:
         for record in records:
             if record.qid in self._qids:
                 self.result.skipped.append(SkippedRecord(index, f"duplicate qid {record.qid!r}", record.qid))
+                continue
+            try:  # per record: the other questions of a nested item (StreamingBench SQA) stay
+                check_options(record.options, record.answer if record.options else None)
+            except Malformed as e:
+                self.result.skipped.append(SkippedRecord(index, str(e), record.qid))
                 continue
             self._qids.add(record.qid)
             self.result.records.append(record)
