@@ -23,14 +23,24 @@ def states_equal(a, b) -> bool:
     )
 
 
+def states_close(a, b) -> bool:
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(
+            torch.equal(x[k], y[k]) if not x[k].is_floating_point() else torch.allclose(x[k], y[k], atol=1e-5, rtol=0)
+            for k in x) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("policy", ["full", "hermes", "retrieval"])
-def test_decisions_leave_the_memory_exactly_as_without_them(policy):
+def test_decisions_leave_the_memory_as_without_them(policy, fused):
+    """Separate decisions: bit-exact; fused into the chunk's forward: the same up to float rounding (the
+    same entries, kinds and positions; keys and values within 1e-5)."""
     adapter = tiny_adapter("qwen2_5_vl")
     frames, times = random_frames(24, seed=3)
 
     def run(watches: int) -> StreamingSession:
         s = StreamingSession(adapter, make_policy(policy, budget=60) if policy != "full" else None,
-                             config=StreamConfig(chunk_frames=2))
+                             config=StreamConfig(chunk_frames=2, fused_watch=fused))
         for i in range(watches):
             s.watch(f"tell me when thing {i} happens", WatchConfig(threshold=0.01, cooldown_s=0))
         for k in range(0, 24, 3):
@@ -39,20 +49,22 @@ def test_decisions_leave_the_memory_exactly_as_without_them(policy):
         return s
 
     plain, watched = run(0), run(2)
-    assert states_equal(plain.cache.state(), watched.cache.state())
+    exact = not fused or policy == "retrieval"  # retrieval answers from a question cache: never fused
+    assert (states_equal if exact else states_close)(plain.cache.state(), watched.cache.state())
     assert plain.next_position == watched.next_position
     assert watched.stats.watch_decisions == 2 * watched.stats.chunks == 2 * 12
     assert all(w.decisions == 12 for w in watched.watches.values())
     assert watched.stats.watch_s > 0 and plain.stats.watch_s == 0
-    assert plain.stats.prefill_s > 0  # decisions are not ingest: they are timed apart
+    assert plain.stats.prefill_s > 0
     if policy != "full":
         assert plain.stats.compress_log and max(r.evicted for r in plain.stats.compress_log) > 0
 
 
-def test_the_score_is_the_questions_first_token_distribution():
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_score_is_the_questions_first_token_distribution(fused):
     adapter = tiny_adapter("qwen2_5_vl")
     frames, times = random_frames(4, seed=4)
-    s = StreamingSession(adapter, config=StreamConfig(chunk_frames=4))
+    s = StreamingSession(adapter, config=StreamConfig(chunk_frames=4, fused_watch=fused))
     cfg = WatchConfig(template="Q: {query}?", threshold=0.99)
     wid = s.watch("a red ball", cfg)
     s.add_frames(frames, times)
@@ -61,7 +73,7 @@ def test_the_score_is_the_questions_first_token_distribution():
     p = torch.softmax(ans.question_logits[-1], -1)
     y, n = p[s.watches[wid].positive_ids].sum(), p[s.watches[wid].negative_ids].sum()
     assert t == times[-1]
-    assert score == pytest.approx(float(y / (y + n)), abs=1e-6)
+    assert score == pytest.approx(float(y / (y + n)), abs=1e-5)
 
 
 class Scripted:
@@ -90,7 +102,7 @@ def stream(session: StreamingSession, seconds: int) -> None:
 
 def test_a_watch_fires_at_the_event_once_and_not_before():
     adapter = tiny_adapter("qwen2_5_vl")
-    s = StreamingSession(adapter, config=StreamConfig(chunk_frames=2))
+    s = StreamingSession(adapter, config=StreamConfig(chunk_frames=2, fused_watch=False))  # scripted decisions
     got = []
     s.watch("the door opens", WatchConfig(cooldown_s=5.0), callback=got.append)
     s.engine.next_token_logits = Scripted(s, {"the door opens": 13.0})
@@ -103,7 +115,7 @@ def test_a_watch_fires_at_the_event_once_and_not_before():
 
 def test_cooldown_and_rearming_with_several_watches():
     adapter = tiny_adapter("qwen2_5_vl")
-    s = StreamingSession(adapter, config=StreamConfig(chunk_frames=2))
+    s = StreamingSession(adapter, config=StreamConfig(chunk_frames=2, fused_watch=False))  # scripted decisions
     a = s.watch("flicker", WatchConfig(cooldown_s=10.0))
     b = s.watch("twice", WatchConfig(cooldown_s=0.0))
     s.engine.next_token_logits = Scripted(s, {"flicker": [(5, 5), (9, 9), (17, 17)], "twice": [(3, 7), (21, 23)]})

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from ..memory.cache import MemoryCache, TokenKind
+from ..memory.cache import MemoryCache, TokenKind, TokenMeta
 from ..memory.policy import AttentionProbe, CompressResult, FullCache, MemoryPolicy
 
 if TYPE_CHECKING:
@@ -146,10 +146,36 @@ class KVEngine:
         Keys, values and metadata go into the memory and ``next_position`` moves to ``seg.next_position``;
         on an exception nothing does.
         """
+        logits, attentions, _ = self._prefill(seg, output_attentions, None)
+        return logits, attentions
+
+    @torch.no_grad()
+    def prefill_and_peek(self, seg: Segment, ahead: Segment) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prefill` ``seg`` and, in the same forward, run ``ahead`` (text after it) without keeping it.
+
+        Returns ``(logits (1, L, V) of seg, (V,) float logits after ahead's last token)``. What the memory
+        keeps is ``seg`` alone (equal to a plain prefill up to float rounding: the forward's matmuls are a few
+        rows longer), and ``ahead``'s tokens see the memory with ``seg`` in it, before the policy compresses.
+        A watch's decision at the price of a few more tokens in the chunk's forward, with no second pass.
+        """
+        logits, _, peek = self._prefill(seg, False, ahead)
+        return logits, peek
+
+    def _prefill(self, seg: Segment, output_attentions: bool, ahead: Segment | None):
         length = self.cache.physical_length()
+        embeds, meta = seg.embeds, seg.meta
+        if ahead is not None:
+            embeds = torch.cat([seg.embeds, ahead.embeds])
+            meta = TokenMeta(torch.cat([seg.meta.positions, ahead.meta.positions], dim=1),
+                             torch.cat([seg.meta.frame_ids, ahead.meta.frame_ids]),
+                             torch.cat([seg.meta.kinds, ahead.meta.kinds]))
         t0 = time.perf_counter()
         try:
-            logits, attentions = self.lm.forward(seg.embeds, seg.meta, self.cache, output_attentions)
+            logits, attentions = self.lm.forward(embeds, meta, self.cache, output_attentions)
+            peek = None
+            if ahead is not None:  # keep seg only: ahead's keys go, its last logits stay
+                self.cache.truncate(length + len(seg))
+                logits, peek = logits[:, : len(seg)], logits[0, -1].float()
             self.cache.commit(seg.meta)
         except BaseException:
             self.cache.truncate(length)  # layers the forward reached hold keys without metadata
@@ -160,7 +186,7 @@ class KVEngine:
             self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.cache.kv_bytes())
         if self.record_logits:
             self.logits_log.append(logits[0].detach().float().cpu())
-        return logits, attentions
+        return logits, attentions, peek
 
     def skip_to(self, next_position: int) -> None:
         """Let positions pass without tokens (a chunk a gate kept out entirely)."""
@@ -186,6 +212,12 @@ class KVEngine:
             raise RuntimeError("use_cache() outside rollback(): the stream's memory would be lost")
         self.cache, self.next_position = cache, next_position
         self._note_question_bytes(cache)
+
+    @property
+    def answers_from_memory(self) -> bool:
+        """Whether questions are answered from the memory as it is (the policy builds no question cache),
+        so that text run right after a segment (:meth:`prefill_and_peek`) sees what a question would."""
+        return type(self.memory).question_cache is MemoryPolicy.question_cache
 
     def enter_question_cache(self, ids: torch.Tensor) -> bool:
         """Ask the policy's ``question_cache`` hook for a cache built for question ``ids`` ``(L,)`` (retrieval)

@@ -45,11 +45,15 @@ class StreamConfig:
         chunk_frames: frames per prefill chunk (rounded down to the model's frames-per-group; >= 1 group).
         max_new_tokens: default answer length limit.
         record_logits: keep every forward's logits in ``session.logits_log`` (parity tests, debugging).
+        fused_watch: the first watch decides inside the chunk's own forward (``KVEngine.prefill_and_peek``:
+            no second pass, on the memory before compression) where the policy answers from the memory
+            as it is; False: every decision is a separate pass on the compressed memory (bit-exact).
     """
 
     chunk_frames: int = 8
     max_new_tokens: int = 64
     record_logits: bool = False
+    fused_watch: bool = True
 
     def __post_init__(self) -> None:
         if self.chunk_frames < 1:
@@ -268,9 +272,12 @@ class StreamingSession:
             self.stats.frames += real
             return
         visual, keep = self.encode_chunk(frames, times, first_id)
-        self.add_visual_tokens(visual, times[:real], keep=keep)
+        first = next(iter(self.watches.values()), None)
+        fused = first is not None and self.config.fused_watch and self.engine.answers_from_memory
+        peek = self.add_visual_tokens(visual, times[:real], keep=keep,
+                                      peek_ids=first.prompt_ids if fused else None)
         if self.watches:
-            self._decide(float(times[real - 1]))
+            self._decide(float(times[real - 1]), {first.watch_id: peek} if peek is not None else {})
 
     def encode_chunk(self, frames: np.ndarray, times: np.ndarray, first_id: int,
                      gate: bool = True) -> tuple[VisualTokens, torch.Tensor | None]:
@@ -281,13 +288,16 @@ class StreamingSession:
         self.stats.encode_s += time.perf_counter() - t0
         return visual, keep
 
-    def add_visual_tokens(self, visual: VisualTokens, frame_times: np.ndarray, keep: torch.Tensor | None = None) -> None:
+    def add_visual_tokens(self, visual: VisualTokens, frame_times: np.ndarray, keep: torch.Tensor | None = None,
+                          peek_ids: torch.Tensor | None = None) -> torch.Tensor | None:
         """Prefill already-encoded (possibly pooled) visual tokens of the next ``len(frame_times)`` frames.
 
         Used by :meth:`add_frames`, and by offline re-pooling, which never decodes or encodes the video again.
         ``keep`` ``(t, h, w)`` bool: a gate's choice of grid tokens; the others are skipped but keep their
-        time and positions (``sparsity.gate_segment``).
+        time and positions (``sparsity.gate_segment``). ``peek_ids`` ``(L,)``: text run in the same forward
+        after the chunk and dropped (a fused watch decision); returns its ``(V,)`` next-token logits, or None.
         """
+        peek = None
         self.start()
         first_id = len(self.frame_log)
         seg, tokens = self.adapter.visual_segment(visual, self.engine.next_position), visual.num_tokens
@@ -297,13 +307,17 @@ class StreamingSession:
             self.stats.frames_skipped += gated.frames_skipped
             if seg is None:  # nothing kept: the chunk's time and positions still pass
                 self.engine.skip_to(gated.next_position)
-        if seg is not None:
+        if seg is not None and peek_ids is not None:
+            ahead = self.adapter.text_segment(peek_ids, seg.next_position)
+            _, peek = self.engine.prefill_and_peek(seg, ahead)
+        elif seg is not None:
             self.engine.prefill(seg)
         self.frame_log.extend((first_id + i, float(t)) for i, t in enumerate(frame_times))
         self.stats.frames += len(frame_times)
         self.stats.chunks += 1
         self.stats.visual_tokens += tokens
         self.engine.compress()
+        return peek
 
     @torch.no_grad()
     def probe_attention(self, prompts: dict[str, str]) -> AttentionProbe:
@@ -350,12 +364,14 @@ class StreamingSession:
         return out
 
     @torch.no_grad()
-    def _decide(self, now: float) -> None:
-        """Every watch's decision on the memory as it is after a chunk; the memory is unchanged."""
+    def _decide(self, now: float, peeked: dict[int, torch.Tensor]) -> None:
+        """Every watch's decision after a chunk (``peeked``: logits a fused forward already gave); the memory
+        is unchanged."""
         t0 = time.perf_counter()
         try:
             for w in list(self.watches.values()):
-                score = w.score(self.engine.next_token_logits(w.prompt_ids))
+                logits = peeked.get(w.watch_id)
+                score = w.score(logits if logits is not None else self.engine.next_token_logits(w.prompt_ids))
                 self.stats.watch_decisions += 1
                 if not w.should_fire(now, score):
                     continue

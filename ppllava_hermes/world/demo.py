@@ -1,6 +1,10 @@
 """``ppllava-hermes demo``: stream a generated ShapesWorld video through the shipped model with pooling and
 HERMES memory, ask timed questions, print each answer beside the truth, end with the accuracy.
 
+A standing query (``--watch``, default "Tell me when a new shape appears.") decides after every chunk;
+each alert is printed as it fires, beside the world's own event log: right when a shape appeared within
+the last chunk and the tolerance before it, a false alarm otherwise.
+
 Everything runs through the library's real paths: the video is written as an mp4 and read back by the
 video reader; frames go through the adapter, the pooling stage and the memory policy of a
 StreamingSession; questions are asked when the stream reaches their time.
@@ -27,7 +31,7 @@ from ..specs import (
     positive_float,
     positive_int,
 )
-from ..streaming import GenerationConfig, StreamConfig, StreamingSession
+from ..streaming import GenerationConfig, StreamConfig, StreamingSession, WatchEvent
 from ..streaming.timed import TimedQuestion, run_timed_questions
 from ..video import stream_video
 from .generator import WorldConfig, generate_world
@@ -38,6 +42,8 @@ from .tasks import TaskConfig, generate_questions
 DEMO_TYPES = ("color_now", "shape_now", "count_now", "first_appear", "color_change")
 CHUNK_FRAMES = 4
 DEFAULT_BUDGET = 256  # visual tokens per layer: about 15 chunks of 16 tokens at 1 fps
+DEFAULT_WATCH = "Tell me when a new shape appears."
+WATCH_TOLERANCE_S = 2.0  # an alert may come this long after the chunk that shows the event (the forward tasks')
 
 
 def pick_questions(records: list[QARecord], n: int) -> list[QARecord]:
@@ -78,6 +84,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=positive_int, default=None,
                    help=f"visual tokens kept per layer, >= 1 (default {DEFAULT_BUDGET})")
     p.add_argument("--pool", default="prompt", choices=list(POOL_MODES))
+    p.add_argument("--watch", default=DEFAULT_WATCH,
+                   help=f"a standing query decided after every chunk (default {DEFAULT_WATCH!r}; '' for none)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -145,6 +153,19 @@ def demo(args: argparse.Namespace) -> dict:
               f"          model: {ans.text.strip()!r:12} truth: {truth(rec)!r:12} {mark}   "
               f"TTFT {ans.ttft_s * 1000:6.1f} ms   KV {ans.kv_bytes / 1024:7.1f} KiB ({ans.cache_tokens} entries/layer)")
 
+    appears = [e.time for e in world.events if e.kind == "appear" and e.t_index > 0]
+    alerts: list[bool] = []
+    chunk_s = CHUNK_FRAMES / world.fps
+
+    def alert(ev: WatchEvent) -> None:
+        # the decision saw frames up to ev.time: an appearance in this chunk or the tolerance before it is right
+        hit = [t for t in appears if ev.time - chunk_s - WATCH_TOLERANCE_S < t <= ev.time]
+        alerts.append(bool(hit))
+        what = f"a shape appeared at {hit[-1]:.0f}s  right" if hit else "no shape appeared just before  FALSE ALARM"
+        print(f"[{ev.time:6.1f}s] ALERT {ev.query!r}: {ev.text!r} (score {ev.score:.2f})  truth: {what}")
+
+    if args.watch:
+        session.watch(args.watch, callback=alert)
     with tempfile.TemporaryDirectory() as tmp:
         path = world.save_mp4(Path(tmp) / f"shapesworld_{args.seed}.mp4")
         clips = stream_video(path, chunk_frames=CHUNK_FRAMES)
@@ -157,8 +178,14 @@ def demo(args: argparse.Namespace) -> dict:
     print(f"{st.frames} frames, {st.visual_tokens} visual tokens into the LLM, peak KV {st.peak_kv_bytes / 1024:.1f} KiB, "
           f"compression {st.compress_s:.2f}s of {st.encode_s + st.prefill_s + st.compress_s:.2f}s ingest; "
           f"demo took {time.perf_counter() - t_start:.1f}s")
+    if args.watch:
+        caught = sum(any(t <= a.time <= t + chunk_s + WATCH_TOLERANCE_S for a in session.watches[0].fired)
+                     for t in appears if t <= st.frames / world.fps)
+        print(f"watch {args.watch!r}: {len(alerts)} alerts, {sum(alerts)} right; {caught} of {len(appears)} "
+              f"appearances reported; decisions {st.watch_s * 1000 / max(1, st.chunks):.1f} ms per chunk")
     if random_model:
         print("(random model: accuracy near chance is expected)")
-    return {"accuracy": sum(total) / max(1, len(total)), "n": len(total),
+    return {"accuracy": sum(total) / max(1, len(total)), "n": len(total), "alerts": len(alerts),
+            "alerts_right": sum(alerts),
             "seconds": time.perf_counter() - t_start,
             "per_kind": {k: sum(v) / len(v) for k, v in sorted(score.items())}}
