@@ -27,6 +27,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -400,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
+    if not debug:  # warnings (a damaged frame, a truncated file, a resized frame) as one line each
+        warnings.formatwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
     except SpecError as err:  # a --model / --clip / kernel mistake anywhere below: one line
@@ -424,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         text = " ".join(str(err).split()) or "no message"
         print(f"error: {type(err).__name__}: {text} (--debug shows the traceback)", file=sys.stderr)
         return 1
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {' '.join(str(message).split())}\n"
 
 
 def _run_recipe(kind: str, name: str, args: list[str]) -> int:

@@ -16,6 +16,7 @@ from ppllava_hermes.streaming.chunks import (
     chunk_spans,
     group_chunk_frames,
     pad_to_group,
+    resize_frames,
 )
 
 from .helpers import random_frames, tiny_adapter
@@ -129,15 +130,21 @@ def test_non_finite_timestamps_are_refused_before_anything_is_ingested(bad):
     assert s.stats.frames == 0 and not s._pending_frames
 
 
-def test_a_frame_size_change_inside_a_group_is_a_clear_error():
+def test_a_frame_size_change_inside_a_group_resizes_the_waiting_frames():
     s = StreamingSession(tiny_adapter("qwen2_5_vl"), config=StreamConfig(chunk_frames=2))
     small, t = random_frames(3, size=56, seed=5)
     big, _ = random_frames(2, size=84, seed=6)
     s.add_frames(small, t)  # one frame pending
-    with pytest.raises(ValueError, match=r"frame size changed from 56x56 to 84x84 inside a temporal group"):
+    with pytest.warns(RuntimeWarning, match=r"frame size changed from 56x56 to 84x84 at 2.000s inside a temporal "
+                                            r"group: the 1 waiting frame\(s\) were resized to 84x84"):
         s.add_frames(big, t[-1] + 1 + np.arange(2.0))
-    s.add_frames(small[:1], t[-1:] + 1)  # completes the group at the old size
-    s.add_frames(big, t[-1] + 2 + np.arange(2.0))  # a new chunk may have a new size
+    assert s.stats.frames == 4 and s._pending_frames[0].shape == (84, 84, 3)  # one 84x84 frame waits
+    # the same stream with the waiting frame resized by hand: the same memory
+    ref = StreamingSession(tiny_adapter("qwen2_5_vl"), config=StreamConfig(chunk_frames=2))
+    ref.add_frames(small[:2], t[:2])
+    ref.add_frames(np.concatenate([resize_frames(small[2:], (84, 84)), big]), np.r_[t[2:], t[-1] + 1 + np.arange(2.0)])
+    assert states_equal(s.cache.state(), ref.cache.state())
+    s.add_frames(small[:1], [9.0])  # back to 56x56 with a pending frame: no second warning, resized again
     assert s.stats.frames == 6
 
 

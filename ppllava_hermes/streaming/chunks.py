@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..models.base import VisualTokens, VLMAdapter
 
@@ -87,3 +88,10 @@ def encode_pooled(adapter: VLMAdapter, frames: np.ndarray, times: np.ndarray, fi
     """Visual tokens of one chunk (whole groups: pad with :func:`pad_to_group` first), pooled if asked."""
     visual = adapter.encode_frames(frames, np.asarray(times, dtype=np.float64), first_frame_id)
     return pooling(visual, frames) if pooling is not None else visual
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(T, H, W, 3)`` uint8 frames resized to ``size`` ``(H', W')`` (bilinear, antialiased), uint8."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    y = torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -18,6 +18,7 @@ chunk, inside the same rollback, and emit :class:`~.watch.WatchEvent` objects wh
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from ..memory.cache import MemoryCache
 from ..memory.policy import AttentionProbe, MemoryPolicy
 from ..models.base import VisualTokens, VLMAdapter
 from ..video.types import VideoClip
-from .chunks import PoolingStage, encode_pooled, group_chunk_frames, pad_to_group
+from .chunks import PoolingStage, encode_pooled, group_chunk_frames, pad_to_group, resize_frames
 from .engine import EngineStats, GenerationConfig, KVEngine
 from .sparsity import FrameGate, gate_segment
 from .watch import Watch, WatchConfig, WatchEvent, first_token_ids
@@ -186,6 +187,7 @@ class StreamingSession:
         if self.gate is not None:
             self.gate.reset()
         self._events: list[WatchEvent] = []
+        self._resize_warned = False
         for w in getattr(self, "watches", {}).values():  # watches stay registered, their state is the stream's
             w.armed, w.last_fired, w.decisions, w.scores, w.fired = True, None, 0, [], []
 
@@ -202,8 +204,8 @@ class StreamingSession:
         """Ingest frames ``(T, H, W, 3)`` uint8 with their timestamps (s), chunk by chunk.
 
         Frames that don't fill a chunk's temporal group wait for the next call (or for ``flush``). Every
-        frame must have the size of the ones before it in its temporal group. Raises ``ValueError`` on bad
-        input, before anything is ingested.
+        frame size may change at any time (see :meth:`_check_frame_sizes` for the rule inside a temporal
+        group). Raises ``ValueError`` on bad input, before anything is ingested.
         """
         if isinstance(frames, VideoClip):
             frames, timestamps = frames.frames, frames.timestamps
@@ -225,7 +227,7 @@ class StreamingSession:
             )
         if len(timestamps) > 1 and np.any(np.diff(timestamps) <= 0):
             raise ValueError("add_frames(): timestamps must be strictly increasing")
-        self._check_frame_sizes(frames)
+        self._check_frame_sizes(frames, float(timestamps[0]) if len(timestamps) else 0.0)
         self._pending_frames.extend(frames)
         self._pending_times.extend(timestamps.tolist())
         while len(self._pending_frames) >= self.chunk_frames:
@@ -235,17 +237,21 @@ class StreamingSession:
         if whole:
             self._ingest(whole)
 
-    def _check_frame_sizes(self, frames: np.ndarray) -> None:
-        """Frames of one chunk are stacked: a size change is only allowed at a chunk boundary."""
-        if not len(frames):
-            return
+    def _check_frame_sizes(self, frames: np.ndarray, first_time: float) -> None:
+        """The size rule: a temporal group is one tensor, so its frames share a size. When frames of a new
+        size arrive while a partial group waits, the waiting frames (fewer than one group, the old size's
+        last) are resized to the new size, with one warning per stream; whole groups already ingested keep
+        their size, and from then on every chunk is encoded at the size it has."""
         pending = self._pending_frames
-        size = frames.shape[1:3]
-        if pending and pending[0].shape[:2] != size:
-            raise ValueError(
-                f"add_frames(): frame size changed from {pending[0].shape[1]}x{pending[0].shape[0]} to "
-                f"{size[1]}x{size[0]} inside a temporal group; resize frames to one size per stream"
-            )
+        if not len(frames) or not pending or pending[0].shape[:2] == frames.shape[1:3]:
+            return
+        old, new = pending[0].shape[:2], frames.shape[1:3]
+        if not self._resize_warned:
+            self._resize_warned = True
+            warnings.warn(f"add_frames(): frame size changed from {old[1]}x{old[0]} to {new[1]}x{new[0]} at "
+                          f"{first_time:.3f}s inside a temporal group: the {len(pending)} waiting frame(s) were "
+                          f"resized to {new[1]}x{new[0]}", RuntimeWarning, stacklevel=3)
+        self._pending_frames = list(resize_frames(np.stack(pending), new))
 
     def flush(self) -> None:
         """Ingest frames still waiting for a full temporal group, padding with the last frame (end of stream)."""
