@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
@@ -39,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ppllava_hermes.recipes.bench import machine_description
 
 ROW_FIELDS = ("config", "budget", "kv_compression_ratio", "frames_skipped_fraction", "accuracy_backward",
               "accuracy_realtime", "ttft_ms", "ingest_fps")
@@ -233,18 +234,6 @@ class _null:
 
 
 # ------------------------------------------------------------------------------------------ report
-def machine() -> str:
-    import os
-    import subprocess
-
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
-    nproc = os.cpu_count()  # not `nproc`, which follows OMP_NUM_THREADS
-    return (f"CPU {model}, {nproc} cores (shared with other jobs), python {platform.python_version()}, "
-            f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}")
-
-
 def write_report(rows: list[dict], out: Path, command: str, args: argparse.Namespace, notes: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "dmc_sparsity.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
@@ -267,7 +256,7 @@ def write_report(rows: list[dict], out: Path, command: str, args: argparse.Names
                      f"{pct(r['static_skipped_fraction'])}% | {pct(r['accuracy_backward'])} ({r['n_backward']}) | "
                      f"{pct(r['accuracy_realtime'])} ({r['n_realtime']}) | {delta('delta_backward')} | "
                      f"{delta('delta_realtime')} | {r['ttft_ms']:.1f} | {r['ingest_fps']:.1f} |")
-    lines += ["", *notes, "", "Command:", "", f"    {command}", "", f"Machine: {machine()}", ""]
+    lines += ["", *notes, "", "Command:", "", f"    {command}", "", f"Machine: {machine_description()}", ""]
     (out / "dmc_sparsity.md").write_text("\n".join(lines))
 
 

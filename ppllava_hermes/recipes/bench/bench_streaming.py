@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +31,7 @@ import torch
 from ppllava_hermes.memory import make_policy
 from ppllava_hermes.models import adapter_for_model
 from ppllava_hermes.models.base import VLMAdapter
-from ppllava_hermes.recipes.bench import provenance_md
+from ppllava_hermes.recipes.bench import machine_description, provenance_md
 from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSession
 from ppllava_hermes.testing import tiny_llava_onevision, tiny_qwen2_5_vl
 
@@ -162,22 +159,6 @@ def run_policy(family: str, setup: ModelSetup, name: str, args: argparse.Namespa
 
 
 # ---- report --------------------------------------------------------------------------------------
-def machine_description(device: str) -> str:
-    lines = [f"python {platform.python_version()}, torch {torch.__version__}, "
-             f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}"]
-    try:
-        # --all: plain nproc honours OMP_NUM_THREADS and would report 1.
-        nproc = subprocess.run(["nproc", "--all"], capture_output=True, text=True, check=False).stdout.strip()
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
-        lines.append(f"CPU: {model}, nproc {nproc} (shared with other jobs)")
-    except OSError:
-        pass
-    if device.startswith("cuda") and torch.cuda.is_available():
-        lines.append(f"GPU: {torch.cuda.get_device_name(0)}")
-    return "\n".join(lines)
-
-
 def targets(rows: list[dict]) -> list[str]:
     """The four efficiency targets, checked per model."""
     out = []

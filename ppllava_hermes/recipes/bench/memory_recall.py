@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from ppllava_hermes.recipes.bench import provenance_md
+from ppllava_hermes.recipes.bench import machine_description, provenance_md
 
 AGE_BINS: tuple[tuple[str, float, float], ...] = (("10-30s", 0.0, 30.0), ("30-90s", 30.0, 90.0),
                                                   (">90s", 90.0, float("inf")))
@@ -268,7 +268,6 @@ def _level(levels: dict, config: str, budget: int | None) -> str:
 
 def markdown(rows: list[dict], args: argparse.Namespace, command: str, seconds: float, notes: dict,
              levels: dict) -> str:
-    from ppllava_hermes.recipes.bench.bench_streaming import machine_description
 
     def find(config, budget, tt, ab="all"):
         return next((r for r in rows if (r["config"], r["budget"], r["task_type"], r["age_bin"])

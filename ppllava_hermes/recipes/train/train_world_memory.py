@@ -310,16 +310,20 @@ def packed_logits(model, batch: dict) -> torch.Tensor:
     return model.lm_head(out.last_hidden_state)
 
 
-def packed_loss(model, batch: dict) -> tuple[torch.Tensor, dict[str, list[bool]]]:
-    """Mean answer-token CE and, per task type, whether the answer word's argmax was right."""
+def packed_loss(model, batch: dict, weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, list[bool]]]:
+    """Answer-token CE (a weighted mean: the answer word of a task type in ``weights`` counts that many
+    times, every other answer token once) and, per task type, whether the answer word's argmax was right."""
     out = model.model.language_model(inputs_embeds=batch["inputs_embeds"], position_ids=batch["position_ids"],
                                      attention_mask=batch["attention_mask"])
     keep = batch["targets"] >= 0
     logits = model.lm_head(out.last_hidden_state[keep])
-    loss = F.cross_entropy(logits, batch["targets"][keep])
+    flat = {(b, t): i for i, (b, t) in enumerate(torch.nonzero(keep).tolist())}
+    w = torch.ones(logits.shape[0])
+    for b, t, tt in batch["types"]:
+        w[flat[(b, t)]] = (weights or {}).get(tt, 1.0)
+    loss = (F.cross_entropy(logits, batch["targets"][keep], reduction="none") * w).sum() / w.sum()
     right: dict[str, list[bool]] = defaultdict(list)
     pred = logits.argmax(-1)
-    flat = {(b, t): i for i, (b, t) in enumerate(torch.nonzero(keep).tolist())}
     for b, t, tt in batch["types"]:
         right[tt].append(bool(pred[flat[(b, t)]] == batch["targets"][b, t]))
     return loss, right
@@ -361,11 +365,12 @@ def watch_decisions(world: World, rec: QARecord, *, chunk_frames: int = WATCH_CH
     return [decision(t, WATCH_POSITIVE) for t in pos] + [decision(t, WATCH_NEGATIVE) for t in sorted(neg)]
 
 
-def watch_records(world: World, salt: int, per_type: int, rng: random.Random) -> list[QARecord]:
+def watch_records(world: World, salt: int, per_type: int, rng: random.Random, negatives: int = 6) -> list[QARecord]:
     """A watch stream's records: the labelled decisions of its forward questions, and its own backward and
     realtime questions (so those are also learnt on the watch chunking)."""
     tc = TaskConfig(task_types=FORWARD_TYPES, questions_per_type=per_type)
-    out = [d for rec in generate_questions(world, tc, salt=salt) for d in watch_decisions(world, rec, rng=rng)]
+    out = [d for rec in generate_questions(world, tc, salt=salt)
+           for d in watch_decisions(world, rec, rng=rng, max_negatives=negatives)]
     return out + stream_records(world, salt, 1) if out else []
 
 
@@ -479,6 +484,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--watch-streams", type=int, default=0,
                    help="streams per step with labelled watch decisions, chunked as watches run (stage 4; ours: 1)")
     p.add_argument("--watch-per-type", type=int, default=2, help="forward questions per type per watch stream (ours)")
+    p.add_argument("--watch-negatives", type=int, default=6, help="'no' decisions kept per forward question (ours)")
+    p.add_argument("--watch-now-weight", type=float, default=1.0,
+                   help="loss weight of a 'now' decision against 1 for every other answer (ours: 3 in stage 4)")
     p.add_argument("--questions-per-type", type=int, default=5, help="questions per task type per stream (ours)")
     p.add_argument("--min-seconds", type=float, default=60.0)
     p.add_argument("--max-seconds", type=float, default=240.0)
@@ -546,7 +554,8 @@ def main(argv: list[str] | None = None) -> None:
     builder = DocumentBuilder(adapter, scorer)
     streams = training_streams(args.seed, args.min_seconds, args.max_seconds, args.questions_per_type)
     watch = training_streams(args.seed + 1, args.min_seconds, args.max_seconds, args.questions_per_type,
-                             records=lambda w, i: watch_records(w, i, args.watch_per_type, random.Random(i)))
+                             records=lambda w, i: watch_records(w, i, args.watch_per_type, random.Random(i),
+                                                                args.watch_negatives))
     shorts = iter_short_clips("train", 10**7, seed_base=6 * 10**7 + args.seed * 10**6)
     probs = [float(x) for x in args.pool_probs.split(",")]
     modes = [None, "avg", "clip" if scorer is not None else "avg"]
@@ -574,7 +583,7 @@ def main(argv: list[str] | None = None) -> None:
             docs.append(builder.clip_document(frames, rec, stage))
         fill_rows(rows, docs)
         batch = pack(rows)
-        loss, right = packed_loss(model, batch)
+        loss, right = packed_loss(model, batch, {"watch_now": args.watch_now_weight})
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
