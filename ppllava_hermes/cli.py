@@ -255,7 +255,8 @@ def run_serve(args: argparse.Namespace) -> int:
         config = ServeConfig(model=args.model, memory=args.memory, budget=args.budget, chunk_frames=args.chunk_frames,
                              max_sessions=args.max_sessions, token=token, insecure_local=args.insecure_local,
                              allow_dirs=tuple(args.allow_dir), allow_hosts=tuple(args.allow_host),
-                             max_new_tokens=args.max_new_tokens)
+                             max_new_tokens=args.max_new_tokens,
+                             snapshot_dir=args.snapshot_dir or args.restore)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -265,7 +266,14 @@ def run_serve(args: argparse.Namespace) -> int:
             return 2
     relevance = _relevance(args)
     adapter = build_adapter(args.model, device=args.device)
-    app = create_app(config, adapter=adapter, pooling=build_pooling(args, adapter, relevance))
+    if args.restore and not Path(args.restore).is_dir():
+        print(f"error: --restore {args.restore!r}: not a folder", file=sys.stderr)
+        return 2
+    try:
+        app = create_app(config, adapter=adapter, pooling=build_pooling(args, adapter, relevance), restore=args.restore)
+    except ValueError as err:
+        print(f"error: --restore: {err}", file=sys.stderr)
+        return 2
     print(f"serving {args.model} on http://{args.host}:{args.port} ({'no token' if config.insecure_local else 'bearer token'}"
           f", memory {args.memory}, budget {args.budget}, up to {args.max_sessions} sessions)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -308,7 +316,8 @@ def _with_budget_hint(err: ValueError, args: argparse.Namespace, adapter, releva
             StreamingSession(adapter, memory=build_policy(args.memory, budget),
                              pooling=build_pooling(args, adapter, relevance),
                              config=StreamConfig(chunk_frames=args.chunk_frames,
-                                                 max_new_tokens=args.max_new_tokens)).start()
+                                                 max_new_tokens=args.max_new_tokens,
+                             snapshot_dir=args.snapshot_dir or args.restore)).start()
         except ValueError as err:
             return str(err)
         return None
@@ -430,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a folder whose video files may be session sources (repeatable)")
     v.add_argument("--allow-host", action="append", default=[], metavar="HOST",
                    help="a host whose rtsp/http(s) streams may be session sources (repeatable)")
+    v.add_argument("--snapshot-dir", default=None, help="where POST /sessions/ID/snapshot saves sessions")
+    v.add_argument("--restore", default=None, metavar="DIR",
+                   help="bring back the sessions snapshotted in DIR (same ids, same memory) before serving")
     v.set_defaults(func=run_serve)
 
     from .evaluation.command import add_eval_arguments, run_eval_command

@@ -303,3 +303,68 @@ def test_the_web_page_is_served_without_a_token(base_url):
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
     for hook in ('id="create"', "/alerts/stream", "/sessions/${sid}/frames", "Authorization"):
         assert hook in r.text
+
+
+def _start_cli_server(port: int, *extra: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PPLLAVA_HERMES_TOKEN": TOKEN}
+    proc = subprocess.Popen([sys.executable, "-m", "ppllava_hermes.cli", "serve", "--port", str(port),
+                             "--budget", "64", "--chunk-frames", "2", *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(300):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except httpx.TransportError:
+            if proc.poll() is not None:
+                raise AssertionError(proc.communicate()[1])
+            time.sleep(0.1)
+    raise AssertionError("server did not start")
+
+
+def test_kill_9_then_restore_gives_the_same_answer_and_the_same_cache(tmp_path):
+    import signal
+
+    from safetensors.torch import load_file
+
+    snaps = tmp_path / "snaps"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = _start_cli_server(port, "--snapshot-dir", str(snaps))
+    question = {"question": "what is moving?", "max_new_tokens": 6}
+    try:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as c:
+            sid = new_session(c)
+            c.post(f"/sessions/{sid}/watches", json={"query": "tell me when it moves", "threshold": 0.999})
+            push(c, sid, random_frames(9, size=56, seed=8)[0])  # the ninth waits for its group partner
+            assert c.post(f"/sessions/{sid}/snapshot").json() == {"path": str(snaps / sid)}
+            before = c.post(f"/sessions/{sid}/ask", json=question).json()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    saved = load_file(snaps / sid / "cache.safetensors")
+    proc = _start_cli_server(port, "--restore", str(snaps))
+    try:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as c:
+            info = c.get(f"/sessions/{sid}").json()
+            assert info["frames_seen"] == 8 and info["frames_received"] == 9
+            assert [w["query"] for w in info["watches"]] == ["tell me when it moves"]
+            after = c.post(f"/sessions/{sid}/ask", json=question).json()
+            assert after["text"] == before["text"] and after["kv_bytes"] == before["kv_bytes"]
+            c.post(f"/sessions/{sid}/snapshot")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    again = load_file(snaps / sid / "cache.safetensors")
+    assert saved.keys() == again.keys() and all(torch_equal(saved[k], again[k]) for k in saved)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

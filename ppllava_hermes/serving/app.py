@@ -25,6 +25,10 @@ server runs ``insecure_local``):
 * ``POST /v1/chat/completions``: OpenAI-compatible. The last user message's text is the question; a
   ``video_url`` content part (a path under an allow-listed folder) is streamed into a one-shot session
   first; or the extension field ``"session": ID`` asks that live session. ``stream`` is not supported (400).
+* ``POST /sessions/{id}/snapshot`` -> ``{"path"}``: the session's whole stream state
+  (``streaming.snapshot.save_session``, atomic) plus the server's own counts, in ``snapshot_dir/ID``; a
+  server started with ``restore`` (``serve --restore DIR``) brings back every session found there, same id,
+  same memory bit for bit, its watches still publishing alerts.
 * ``GET /metrics``: Prometheus text: sessions, per-session KV bytes, frames seen / dropped, queue depth and
   ingest fps, a TTFT histogram, errors, resident memory (and device memory on a GPU).
 
@@ -85,6 +89,8 @@ class ServeConfig:
         max_frame_bytes / max_frame_side: limits of one pushed frame.
         max_question_chars / max_new_tokens: limits of one question.
         max_queued: ingest jobs queued per session before the oldest is dropped.
+        snapshot_dir: where ``POST /sessions/{id}/snapshot`` writes (None: snapshots disabled); ``serve
+            --restore`` reads the same layout.
     """
 
     model: str = "tiny-qwen2.5-vl"
@@ -102,6 +108,7 @@ class ServeConfig:
     max_question_chars: int = 4000
     max_new_tokens: int = 256
     max_queued: int = 32
+    snapshot_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not self.insecure_local and not self.token:
@@ -273,7 +280,8 @@ class Server:
             raise ApiError(404, f"no session {sid!r}")
         return s
 
-    def create(self, memory: str | None, budget: int | None, chunk_frames: int | None) -> ServerSession:
+    def create(self, memory: str | None, budget: int | None, chunk_frames: int | None,
+               sid: str | None = None) -> ServerSession:
         from ..specs import SpecError
 
         memory = memory or self.config.memory
@@ -288,13 +296,45 @@ class Server:
                                            config=StreamConfig(chunk_frames=chunk))
             except (SpecError, ValueError) as err:
                 raise ApiError(400, f"session: {err}") from None
-            sid = secrets.token_hex(6)
+            sid = sid or secrets.token_hex(6)
             entry_bytes = (2 * self.adapter.num_layers * self.adapter.text_config.num_key_value_heads
                            * (self.adapter.text_config.hidden_size // self.adapter.text_config.num_attention_heads)
                            * self.adapter.model.dtype.itemsize)
             srv = ServerSession(sid, session, memory, budget, budget * entry_bytes if budget else None)
             self.sessions[sid] = srv
         return srv
+
+    def snapshot(self, s: ServerSession) -> Path:
+        """Save ``s`` under ``snapshot_dir/ID`` (worker thread: nothing ingests meanwhile)."""
+        from ..streaming.snapshot import save_session
+
+        folder = Path(self.config.snapshot_dir) / s.sid
+        save_session(s.session, folder)
+        meta = {"memory": s.memory, "budget": s.budget, "chunk_frames": s.session.chunk_frames,
+                "frames_received": s.frames_received, "last_enqueued_t": s.last_enqueued_t, "alerts": list(s.alerts)}
+        tmp = folder / "server.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, folder / "server.json")
+        return folder
+
+    def restore_all(self, root: str) -> list[str]:
+        """Bring back every session snapshot under ``root`` (``ValueError`` names the first that fails)."""
+        from ..streaming.snapshot import restore_session
+
+        restored = []
+        for folder in sorted(p for p in Path(root).iterdir() if (p / "server.json").is_file()):
+            meta = json.loads((folder / "server.json").read_text())
+            s = self.create(meta["memory"], meta["budget"], meta["chunk_frames"], sid=folder.name)
+            wids = json.loads((folder / "state.json").read_text()).get("watches", [])
+            try:
+                restore_session(s.session, folder, callbacks={w["watch_id"]: s.publish for w in wids})
+            except ValueError:
+                self.sessions.pop(s.sid, None)
+                raise
+            s.frames_received, s.last_enqueued_t = meta["frames_received"], meta["last_enqueued_t"]
+            s.alerts.extend(meta["alerts"])
+            restored.append(s.sid)
+        return restored
 
     def delete(self, sid: str) -> None:
         with self._lock:
@@ -391,9 +431,12 @@ class _SessionCollector:
                                     value=torch.cuda.memory_allocated())
 
 
-def create_app(config: ServeConfig, adapter=None, pooling=None):
-    """The FastAPI app for ``config`` (``adapter``: an already loaded model adapter, else ``config.model``)."""
+def create_app(config: ServeConfig, adapter=None, pooling=None, restore: str | None = None):
+    """The FastAPI app for ``config`` (``adapter``: an already loaded model adapter, else ``config.model``);
+    ``restore``: a folder of session snapshots to bring back first."""
     server = Server(config, adapter, pooling)
+    if restore:
+        server.restore_all(restore)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -543,6 +586,14 @@ def create_app(config: ServeConfig, adapter=None, pooling=None):
             raise ApiError(404, f"session {sid!r} has no watch {wid}")
         await run(server.scheduler.question(lambda: s.session.unwatch(wid)))
         return {"deleted": wid}
+
+    @app.post("/sessions/{sid}/snapshot")
+    async def snapshot(sid: str):
+        s = server.get(sid)
+        if not config.snapshot_dir:
+            raise ApiError(400, "snapshots are disabled (start the server with --snapshot-dir)")
+        folder = await run(server.scheduler.question(lambda: server.snapshot(s)))
+        return {"path": str(folder)}
 
     @app.get("/sessions/{sid}/alerts")
     async def alerts(sid: str):
