@@ -320,7 +320,7 @@ def _start_cli_server(port: int, *extra: str):
             return proc
         except httpx.TransportError:
             if proc.poll() is not None:
-                raise AssertionError(proc.communicate()[1])
+                raise AssertionError(proc.communicate()[1]) from None
             time.sleep(0.1)
     raise AssertionError("server did not start")
 
