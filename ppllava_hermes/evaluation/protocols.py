@@ -45,7 +45,7 @@ from ..streaming.offline import OfflineVideoQA
 from ..streaming.pooling_stage import PoolingStage, pool_visual
 from .frames import VideoSource
 from .records import QARecord
-from .scoring import JudgeError, normalize_answer, parse_choice, score_open
+from .scoring import normalize_answer, score_answer, score_open
 
 PROTOCOLS = ("offline", "streaming")
 POOLING_MODES = ("none", "avg", "prompt")
@@ -270,19 +270,6 @@ def reference_text(record: QARecord) -> str:
     if record.options:
         return f"{record.answer_letter}. {record.options[int(record.answer)]}"
     return str(record.answer)
-
-
-def score_answer(record: QARecord, prediction: str, judge: Any = None) -> bool:
-    """Multiple choice: the parsed option is the right one; open: normalised match, or the judge's
-    verdict when a judge is given (its failure falls back on the normalised match)."""
-    if record.options:
-        return parse_choice(prediction, record.options) == record.answer
-    if judge is not None:
-        try:
-            return bool(judge.judge_record(record, prediction).correct)
-        except JudgeError:
-            pass
-    return score_open(prediction, str(record.answer))
 
 
 _NEGATIONS = {"no", "not", "nothing", "never", "dont", "doesnt", "didnt", "isnt", "hasnt", "havent", "cannot"}

@@ -270,6 +270,20 @@ def score_multiple_choice(pred_text: str, record: QARecord) -> bool:
     return parse_choice(pred_text, record.options) == record.answer
 
 
+def score_answer(record: QARecord, prediction: str, judge: Any = None) -> bool:
+    """Whether ``prediction`` answers ``record``: multiple choice, the parsed option is the right one; open,
+    a normalised match (:func:`score_open`), or the judge's verdict when a judge is given (its failure
+    falls back on the normalised match). The one scoring rule of the evaluator, the recipes and the demo."""
+    if record.options:
+        return parse_choice(prediction, record.options) == record.answer
+    if judge is not None:
+        try:
+            return bool(judge.judge_record(record, prediction).correct)
+        except JudgeError:
+            pass
+    return score_open(prediction, str(record.answer))
+
+
 # ---------------------------------------------------------------------------------------- open answers
 
 #: References of at most this many normalised words are matched by containment (see score_open).

@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..evaluation.records import QARecord
-from ..evaluation.scoring import parse_choice, score_open
+from ..evaluation.scoring import score_answer
 from ..specs import (
     POOL_MODES,
     SpecError,
@@ -64,9 +64,7 @@ def pick_questions(records: list[QARecord], n: int) -> list[QARecord]:
 
 
 def is_correct(answer: str, record: QARecord) -> bool:
-    if record.options:
-        return parse_choice(answer, record.options) == record.answer
-    return score_open(answer, str(record.answer))
+    return score_answer(record, answer)
 
 
 def truth(record: QARecord) -> str:

@@ -143,9 +143,9 @@ def build(config: str, args: argparse.Namespace, base_adapter, dmc_adapters: dic
 
 
 def judge(answer: str, rec) -> bool:
-    from ppllava_hermes.evaluation.scoring import parse_choice, score_open
+    from ppllava_hermes.evaluation.scoring import score_answer
 
-    return parse_choice(answer, rec.options) == rec.answer if rec.options else score_open(answer, str(rec.answer))
+    return score_answer(rec, answer)
 
 
 # ------------------------------------------------------------------------------------------ running

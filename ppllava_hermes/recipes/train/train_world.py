@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ppllava_hermes.evaluation.scoring import parse_choice, score_open
+from ppllava_hermes.evaluation.scoring import score_answer
 from ppllava_hermes.models.qwen2_5_vl import Qwen2_5_VLAdapter, default_video_processor
 from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSession
 from ppllava_hermes.world.labels import IGNORE, LABEL_SIZES, token_labels
@@ -212,11 +212,9 @@ def evaluate(adapter: Qwen2_5_VLAdapter, n: int, split: str = "test", seed_base:
         session.reset()
         session.add_frames(frames, np.arange(len(frames), dtype=np.float64))
         ans = session.ask(prompt_for(rec), GenerationConfig(max_new_tokens=3)).text
+        ok = score_answer(rec, ans)
         if rec.options:
-            ok = parse_choice(ans, rec.options) == rec.answer
             mc.append(ok)
-        else:
-            ok = score_open(ans, str(rec.answer))
         per_type[rec.task_type].append(ok)
     return {
         "short_mc_accuracy": float(np.mean(mc)) if mc else float("nan"),

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from ppllava_hermes.evaluation.records import QARecord
-from ppllava_hermes.evaluation.scoring import parse_choice, score_open
+from ppllava_hermes.evaluation.scoring import score_answer
 from ppllava_hermes.memory.cache import TokenKind
 from ppllava_hermes.models.base import VisualTokens
 from ppllava_hermes.models.qwen2_5_vl import seconds_per_group
@@ -400,7 +400,7 @@ def fill_rows(rows: list[list[Document]], shorts: list[Document]) -> None:
 
 
 def judge(text: str, rec: QARecord) -> bool:
-    return parse_choice(text, rec.options) == rec.answer if rec.options else score_open(text, str(rec.answer))
+    return score_answer(rec, text)
 
 
 def test_streams(n: int, seed_base: int = TEST_SEED_BASE, per_type: int = 2) -> list[tuple[World, list[QARecord]]]:

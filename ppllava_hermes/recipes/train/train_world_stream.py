@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ppllava_hermes.evaluation.scoring import parse_choice, score_open
+from ppllava_hermes.evaluation.scoring import score_answer
 from ppllava_hermes.memory.cache import TokenKind
 from ppllava_hermes.pooling import PoolingConfig, PromptGuidedPooling
 from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSession
@@ -126,7 +126,7 @@ def evaluate(adapter, n: int, split: str = "val", pool: str | None = None, score
     mc: list[bool] = []
 
     def judge(ans: str, rec) -> bool:
-        return parse_choice(ans, rec.options) == rec.answer if rec.options else score_open(ans, str(rec.answer))
+        return score_answer(rec, ans)
 
     for frames, rec in iter_short_clips(split, n, seed_base=123):
         if stage is not None and pool == "clip":
