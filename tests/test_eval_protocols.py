@@ -174,6 +174,42 @@ def test_forward_question_is_polled_and_scored_in_its_tolerance_window(fire_at, 
     assert all(times[-1] <= t for _, _, t, times in seen)
 
 
+@pytest.mark.parametrize(
+    "fire_at, correct, response",
+    [(9.0, True, 9.0),  # decisions after every 2-frame chunk (1, 3, 5, ...): the first at or after 9 s fires
+     (4.0, False, 5.0),  # before the event: a false alarm
+     (12.5, False, None)],  # not by event + tolerance: a miss, and the watch is removed
+)
+def test_forward_question_as_a_standing_query(fire_at, correct, response):
+    import torch
+
+    fwd = record("f", 3.0, kind="forward", options=[], answer="now", question="Tell me when it turns red.",
+                 extra={"event_time": 9.0, "tolerance": 2.0})
+    engine = Engine(adapter(), MethodConfig(), ProtocolConfig(protocol="streaming", chunk_frames=2, max_new_tokens=1,
+                                                              forward_mode="watch"))
+    make, sessions = engine.new_session, []
+
+    def new_session(pooling="stream"):
+        s = make(pooling)
+        s.config.fused_watch = False  # the scripted decision below replaces the separate pass
+        vocab = s.adapter.model.config.get_text_config().vocab_size
+
+        def decide(ids):
+            logits = torch.zeros(vocab)
+            w = next(iter(s.watches.values()))
+            logits[w.positive_ids[0]] = 9.0 if s.frame_log[-1][1] >= fire_at else -9.0
+            return logits
+
+        s.engine.next_token_logits = decide
+        sessions.append(s)
+        return s
+
+    engine.new_session = new_session
+    (out,) = run_streaming([(0, fwd)], ArraySource(clip(20, 112)), engine)
+    assert (out.correct, out.response_time) == (correct, response)
+    assert out.polls >= 1 and not sessions[0].watches  # decided by the watch, which is gone afterwards
+
+
 def test_ovo_forward_probes_are_asked_at_their_own_times():
     probes = [{"timestamp": 4.0, "question": "Has it started? Answer Yes or No.", "answer": "No"},
               {"timestamp": 12.0, "question": "Has it started? Answer Yes or No.", "answer": "Yes"}]

@@ -104,6 +104,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     proto.add_argument("--poll-frames", type=positive_int, default=None,
                        help="streaming: poll forward questions after this many new frames (default: one "
                             "temporal group of the model)")
+    proto.add_argument("--forward-mode", default="poll", choices=["poll", "watch"],
+                       help="streaming forward records: poll (ask again every --poll-frames, fire on 'now'/'yes') "
+                            "or watch (a standing query scored after every chunk; default poll)")
     proto.add_argument("--forward-tolerance", type=nonnegative_float, default=2.0,
                        help="seconds after the event a forward answer may come (a record's own wins; default 2)")
     proto.add_argument("--prompt-style", default="auto", choices=["auto", "letters", *plugins.PROMPT_STYLES.names(), "plain"],
@@ -131,7 +134,7 @@ def config_from_args(args: argparse.Namespace):
         subset=args.subset, model=args.model, protocol=args.protocol, config=args.configs[0],
         memory=args.memory, budget=args.budgets[0] if args.budgets else None, pool_mode=args.pool_mode,
         pool_kernel=args.pool_kernel, num_frames=args.frames, fps=args.fps, chunk_frames=args.chunk_frames,
-        max_new_tokens=args.max_new_tokens, poll_frames=args.poll_frames,
+        max_new_tokens=args.max_new_tokens, poll_frames=args.poll_frames, forward_mode=args.forward_mode,
         forward_tolerance=args.forward_tolerance, prompt_style=args.prompt_style, limit=args.limit,
         task_kinds=tuple(args.task_kinds), frame_source=args.frame_source, clip=args.clip,
         standing_query=args.standing_query, judge=args.judge, device=args.device,

@@ -12,7 +12,9 @@
   ingest continues between questions of the same video. Forward / proactive records (no probes) are
   polled after every ``poll_frames`` new frames from their timestamp on, and answered when the
   model says the event happened ("now" / "yes"); the response time is scored against the record's
-  tolerance window (a "now" before it is a false alarm; once it has closed, polling stops: a miss). OVO-Bench forward records are asked at each of their probes' timestamps.
+  tolerance window (a "now" before it is a false alarm; once it has closed, polling stops: a miss);
+  with ``forward_mode="watch"`` they are standing queries instead (``StreamingSession.watch``: a score
+  after every chunk, no generation). OVO-Bench forward records are asked at each of their probes' timestamps.
   :func:`run_streaming` checks, at every question, that the session's frame log holds no frame
   after the question's time (``CausalityError`` otherwise).
 
@@ -48,6 +50,7 @@ from .records import QARecord
 from .scoring import normalize_answer, score_answer, score_open
 
 PROTOCOLS = ("offline", "streaming")
+FORWARD_MODES: tuple[str, ...] = ("poll", "watch")
 POOLING_MODES = ("none", "avg", "prompt")
 def prompt_styles() -> tuple[str, ...]:
     """Every ``prompt_style`` accepted: the evaluator's own ("auto", "letters", "plain") and those plugins
@@ -128,6 +131,11 @@ class ProtocolConfig:
         max_new_tokens: answer length limit (greedy decoding).
         poll_frames: streaming forward questions are polled after this many new frames (None: one
             temporal group of the model, the finest step it sees).
+        forward_mode: streaming forward records (no probes): "poll" asks the question again every
+            ``poll_frames`` and fires on "now" / "yes" in the generated answer; "watch" registers it as a
+            standing query (``StreamingSession.watch``, the model's own watch settings) that decides after
+            every chunk and fires on its score; proactive records (content scored too) are then asked
+            once when it fires.
         forward_tolerance: seconds a forward answer may come after the event (a record's own
             ``extra["tolerance"]`` wins); proactive records: either side of the ground-truth time.
         use_segments: offline: a record's ``[start, end]`` (else ``[0, timestamp]``) limits what it sees.
@@ -142,6 +150,7 @@ class ProtocolConfig:
     chunk_frames: int = 8
     max_new_tokens: int = 16
     poll_frames: int | None = None
+    forward_mode: str = "poll"
     forward_tolerance: float = 2.0
     use_segments: bool = True
     prompt_style: str = "auto"
@@ -161,6 +170,8 @@ class ProtocolConfig:
             raise ValueError(f"poll_frames must be >= 1, got {self.poll_frames}")
         if self.forward_tolerance < 0:
             raise ValueError(f"forward_tolerance must be >= 0, got {self.forward_tolerance}")
+        if self.forward_mode not in FORWARD_MODES:
+            raise ValueError(f"forward_mode {self.forward_mode!r} not in {FORWARD_MODES}")
         if self.prompt_style not in prompt_styles():
             raise ValueError(f"prompt_style {self.prompt_style!r} not in {prompt_styles()}")
 
@@ -612,6 +623,7 @@ class _Forward:
     prompt: str
     polls: int = 0
     last: Answer | None = None
+    watch_id: int | None = None  # forward_mode "watch": the standing query deciding for this record
 
 
 def _events(items: Sequence[tuple[int, QARecord]]) -> list[_Event]:
@@ -703,11 +715,40 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
             ingest_s=ingest_s, response_time=rt, polls=fw.polls, error=error,
         ))
 
+    def check_watch(fw: _Forward) -> bool:
+        """forward_mode "watch": finish ``fw`` if its watch fired; True when done."""
+        w = session.watches[fw.watch_id]
+        fw.polls = w.decisions
+        if not w.fired:
+            return False
+        rt = w.fired[0].time
+        window = forward_window(fw.record, settings.forward_tolerance)
+        if window is not None and rt > window[1] + 1e-9:  # it fired only after the window had closed: a miss
+            session.unwatch(fw.watch_id)
+            finish_forward(fw, False, None)
+            return True
+        ok = window is not None and window[0] - 1e-9 <= rt <= window[1] + 1e-9
+        if "ground_truth_time" in fw.record.extra and not fw.record.extra.get("event_time"):
+            fw.last = ask(fw.record, fw.prompt, rt)  # proactive: the content is scored too
+            ok = ok and score_answer(fw.record, fw.last.text, engine.judge)
+        elif fw.last is None:
+            fw.last = Answer(text=w.fired[0].text, token_ids=[], ttft_s=0.0, total_s=0.0,
+                             cache_tokens=session.cache.physical_length(), kv_bytes=session.cache.kv_bytes(),
+                             visual_tokens_seen=session.stats.visual_tokens, frames_seen=session.stats.frames,
+                             last_frame_time=rt)
+        session.unwatch(fw.watch_id)
+        finish_forward(fw, ok, rt)
+        return True
+
     def handle(ev: _Event, t: float) -> None:
         record = ev.record
         if ev.kind == "poll":
             fw = _Forward(ev.index, record, engine.prompt(record))
-            if not poll(fw, t):
+            if settings.forward_mode == "watch":
+                feed()  # decisions start with the chunks after the question's time
+                fw.watch_id = session.watch(record.question)
+                active.append(fw)
+            elif not poll(fw, t):
                 active.append(fw)
             return
         if ev.kind != "poll" and ev.index in known:  # answered before: fed as if asked, not asked
@@ -744,11 +785,20 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
 
     def poll_active() -> None:
         t = now
+        if settings.forward_mode == "watch":
+            feed()  # every whole chunk in: its decisions are made
         for fw in list(active):
             window = forward_window(fw.record, settings.forward_tolerance)
+            if fw.watch_id is not None and fw.watch_id in session.watches and check_watch(fw):
+                active.remove(fw)
+                continue
             if window is not None and t > window[1] + 1e-9:
+                if fw.watch_id is not None and fw.watch_id in session.watches:
+                    session.unwatch(fw.watch_id)
                 finish_forward(fw, False, None)  # the window has closed: a miss, whatever comes later
                 active.remove(fw)
+                continue
+            if fw.watch_id is not None:
                 continue
             try:
                 fired = poll(fw, t)

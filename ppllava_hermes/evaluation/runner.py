@@ -91,7 +91,8 @@ class EvalConfig:
         pool_mode: pooling of the pooling configurations: "avg" or "prompt" (needs a relevance model).
         pool_kernel: pooling kernel (T, H, W) over the model's token grid.
         num_frames / fps: offline frames (uniform N, or a rate); streaming: fps of the stream.
-        chunk_frames / max_new_tokens / poll_frames / forward_tolerance / prompt_style: see ProtocolConfig.
+        chunk_frames / max_new_tokens / poll_frames / forward_mode / forward_tolerance / prompt_style: see
+            ProtocolConfig.
         limit: evaluate the first N records (after the task-kind filter).
         task_kinds: keep only these task kinds (empty: all).
         frame_source: "auto", "world" or "file" (see ``frames.SourceResolver``).
@@ -120,6 +121,7 @@ class EvalConfig:
     chunk_frames: int = 8
     max_new_tokens: int = 16
     poll_frames: int | None = None
+    forward_mode: str = "poll"
     forward_tolerance: float = 2.0
     prompt_style: str = "auto"
     limit: int | None = None
@@ -182,7 +184,7 @@ class EvalConfig:
     def protocol_config(self) -> ProtocolConfig:
         return ProtocolConfig(
             protocol=self.protocol, num_frames=self.num_frames, fps=self.fps, chunk_frames=self.chunk_frames,
-            max_new_tokens=self.max_new_tokens, poll_frames=self.poll_frames,
+            max_new_tokens=self.max_new_tokens, poll_frames=self.poll_frames, forward_mode=self.forward_mode,
             forward_tolerance=self.forward_tolerance, prompt_style=self.prompt_style,
         )
 
