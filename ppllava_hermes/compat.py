@@ -48,6 +48,7 @@ EXTRA_OF_MODULE = {
     "starlette": "serve",
     "uvicorn": "serve",
     "prometheus_client": "serve",
+    "pycocoevalcap": "captions",
 }
 
 

@@ -196,3 +196,15 @@ def test_an_answer_word_outside_the_vocabulary_is_refused():
         s.watch("x", WatchConfig(template="{query}", positive=("banana",), negative=("no",)))
     wid = s.watch("Tell me when a new shape appears.")  # the model's own settings: "now" / "no"
     assert s.watches[wid].config.positive == ("now",)
+
+
+def test_the_demo_streams_asks_and_watches(capsys):
+    from ppllava_hermes.cli import main
+    from ppllava_hermes.world.model import has_shipped_model
+
+    if not has_shipped_model():
+        pytest.skip("no shipped ShapesWorld model")
+    assert main(["demo", "--minutes", "0.5", "--questions", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy " in out and "watch 'Tell me when a new shape appears.':" in out
+    assert "appearances reported; decisions" in out

@@ -29,6 +29,8 @@ from ._common import (
     split_embedded_options,
     strip_option_letters,
 )
+from .egoschema_full import load_egoschema_full
+from .msrvtt_caption import load_msrvtt_caption
 from .offline import load_egoschema, load_lvbench, load_mlvu, load_mvbench, load_videomme
 from .open_qa import (
     load_activitynet_qa,
@@ -39,6 +41,7 @@ from .open_qa import (
     load_vcgbench_generic,
     load_vcgbench_temporal,
 )
+from .streambench import load_streambench
 from .streaming import (
     load_ovo_bench,
     load_streamingbench,
@@ -58,7 +61,9 @@ BENCHMARKS: dict[str, Loader] = {
     "streamingbench_sqa": load_streamingbench_sqa,
     "streamingbench_proactive": load_streamingbench_proactive,
     "ovo_bench": load_ovo_bench,
+    "streambench": load_streambench,  # StreamChat's StreamBench v0.3 (open answers, LLM judge)
     "egoschema": load_egoschema,  # answers_path=subset_answers.json
+    "egoschema_full": load_egoschema_full,  # all 5031 questions; answers_path optional (server scores)
     "mvbench": load_mvbench,
     "videomme": load_videomme,
     "mlvu": load_mlvu,
@@ -67,6 +72,7 @@ BENCHMARKS: dict[str, Loader] = {
     "activitynet_qa": load_activitynet_qa,  # answers_path defaults to the sibling ..._a.json
     "msvd_qa": load_msvd_qa,
     "msrvtt_qa": load_msrvtt_qa,
+    "msrvtt_caption": load_msrvtt_caption,  # captioning (test_videodatainfo.json); subset=split
     "vcgbench": load_vcgbench,  # subset from the file name / shape, or subset=...
     "vcgbench_generic": load_vcgbench_generic,
     "vcgbench_temporal": load_vcgbench_temporal,
@@ -96,7 +102,8 @@ def load_benchmark(
     """Load ``annotation_path`` with the loader registered as ``name`` (case, "-" and "_" ignored).
 
     Extra keyword arguments go to the loader (``answers_path`` for EgoSchema / ActivityNet-QA,
-    ``subset`` for StreamingBench / VCGBench, ``split_consistency`` for VCGBench consistency).
+    ``subset`` for StreamingBench / VCGBench and the split for MSR-VTT captions, ``split_consistency``
+    for VCGBench consistency).
     """
     return BENCHMARKS[canonical_name(name)](annotation_path, video_dir, **kw)
 
@@ -111,12 +118,15 @@ __all__ = [
     "load_activitynet_qa",
     "load_benchmark",
     "load_egoschema",
+    "load_egoschema_full",
     "load_lvbench",
     "load_mlvu",
+    "load_msrvtt_caption",
     "load_msrvtt_qa",
     "load_msvd_qa",
     "load_mvbench",
     "load_ovo_bench",
+    "load_streambench",
     "load_streamingbench",
     "load_streamingbench_omni",
     "load_streamingbench_proactive",
