@@ -112,6 +112,26 @@ def test_push_frames_then_ask(client):
     assert client.get(f"/sessions/{sid}").status_code == 404
 
 
+def test_a_streamed_answer_comes_token_by_token_then_its_fields(client, base_url):
+    sid = new_session(client)
+    push(client, sid, random_frames(4, size=56, seed=5)[0])
+    plain = client.post(f"/sessions/{sid}/ask", json={"question": "what?", "max_new_tokens": 5}).json()
+    events = []
+    with httpx.stream("POST", f"{base_url}/sessions/{sid}/ask", headers=AUTH, timeout=60,
+                      json={"question": "what?", "max_new_tokens": 5, "stream": True}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    *tokens, done = events
+    assert done["done"] and done["text"] == plain["text"] and done["frames_seen"] == 4
+    assert 1 <= len(tokens) <= 5 and "".join(t["token"] for t in tokens) == plain["text"]
+    # a client that goes away mid-answer: the server goes on serving
+    with httpx.stream("POST", f"{base_url}/sessions/{sid}/ask", headers=AUTH, timeout=60,
+                      json={"question": "what?", "max_new_tokens": 16, "stream": True}) as r:
+        next(r.iter_lines())
+    assert client.post(f"/sessions/{sid}/ask", json={"question": "again?", "max_new_tokens": 2}).status_code == 200
+    client.delete(f"/sessions/{sid}")
+
+
 def test_watch_alerts_arrive_over_server_sent_events(client, base_url):
     sid = new_session(client)
     wid = client.post(f"/sessions/{sid}/watches", json={"query": "tell me when it moves", "threshold": 0.001}).json()

@@ -17,8 +17,11 @@ server runs ``insecure_local``):
   rtsp/http(s) URL whose host is allow-listed), ``"fps"?``, ``"realtime"?``: a reader thread streams it in;
   a realtime source that falls behind drops chunks by the scheduler's rule (counted); a source that stalls
   or ends says so in the info's ``source``.
-* ``POST /sessions/{id}/ask`` ``{"question", "max_new_tokens"?}`` -> ``{"text", "ttft_ms", "total_ms",
-  "kv_bytes", "memory_tokens", "frames_seen", "last_frame_time"}``; questions run before queued ingest.
+* ``POST /sessions/{id}/ask`` ``{"question", "max_new_tokens"?, "stream"?}`` -> ``{"text", "ttft_ms",
+  "total_ms", "kv_bytes", "memory_tokens", "frames_seen", "last_frame_time"}``; questions run before queued
+  ingest. With ``"stream": true`` the answer comes as server-sent events: ``data: {"token": text}`` per
+  token as it is generated, then ``data: {"done": true, ...the fields above}``; a client that disconnects
+  mid-answer costs the rest of that one generation, nothing else.
 * ``POST /sessions/{id}/watches`` ``{"query", "threshold"?, "cooldown_s"?}`` -> ``{"watch_id"}``;
   ``DELETE /sessions/{id}/watches/{wid}``; ``GET /sessions/{id}/alerts`` (every alert so far, the newest
   1000); ``GET /sessions/{id}/alerts/stream``: server-sent events, one ``data: {alert}`` per alert.
@@ -130,6 +133,7 @@ class NewSession(BaseModel):
 class Question(BaseModel):
     question: str = Field(min_length=1)
     max_new_tokens: int | None = Field(default=None, ge=1)
+    stream: bool = False
 
 class NewWatch(BaseModel):
     query: str = Field(min_length=1)
@@ -559,8 +563,10 @@ def create_app(config: ServeConfig, adapter=None, pooling=None, restore: str | N
         max_new = body.max_new_tokens or min(32, config.max_new_tokens)
         if max_new > config.max_new_tokens:
             raise ApiError(400, f"max_new_tokens {max_new} over the server's {config.max_new_tokens}")
-        ans = await run(server.scheduler.question(
-            lambda: s.session.ask(body.question, GenerationConfig(max_new_tokens=max_new))))
+        gen = GenerationConfig(max_new_tokens=max_new)
+        if body.stream:
+            return StreamingResponse(_streamed_answer(server, s, body.question, gen), media_type="text/event-stream")
+        ans = await run(server.scheduler.question(lambda: s.session.ask(body.question, gen)))
         server.ttft.observe(ans.ttft_s)
         return {"text": ans.text, "ttft_ms": round(ans.ttft_s * 1000, 3), "total_ms": round(ans.total_s * 1000, 3),
                 "kv_bytes": ans.kv_bytes, "memory_tokens": ans.cache_tokens, "frames_seen": ans.frames_seen,
@@ -677,6 +683,50 @@ def create_app(config: ServeConfig, adapter=None, pooling=None, restore: str | N
                             "frames_seen": ans.frames_seen}}
 
     return app
+
+
+def _answer_fields(ans) -> dict[str, Any]:
+    return {"text": ans.text, "ttft_ms": round(ans.ttft_s * 1000, 3), "total_ms": round(ans.total_s * 1000, 3),
+            "kv_bytes": ans.kv_bytes, "memory_tokens": ans.cache_tokens, "frames_seen": ans.frames_seen,
+            "last_frame_time": ans.last_frame_time}
+
+
+async def _streamed_answer(server: Server, s: ServerSession, question: str, gen: GenerationConfig):
+    """Server-sent events of one answer: tokens as the worker generates them, then the answer's fields."""
+    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+    tok = server.adapter.tokenizer
+
+    ids: list[int] = []
+    sent = [""]  # the text streamed so far
+
+    def on_token(token_id: int) -> None:
+        # decode the whole answer so far and send what it adds: a token may be part of a character
+        ids.append(token_id)
+        text = tok.decode(ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") or not text.startswith(sent[0]):
+            return  # an unfinished multi-byte character: wait for the rest
+        new, sent[0] = text[len(sent[0]):], text
+        if new:
+            loop.call_soon_threadsafe(queue.put_nowait, ("token", new))
+
+    fut = server.scheduler.question(lambda: s.session.ask(question, gen, on_token=on_token))
+    fut.add_done_callback(lambda f: loop.call_soon_threadsafe(queue.put_nowait, ("done", f)))
+    while True:
+        kind, value = await queue.get()
+        if kind == "token":
+            yield f"data: {json.dumps({'token': value})}\n\n"
+            continue
+        try:
+            ans = value.result()
+        except Exception as err:  # noqa: BLE001 - the model failed mid-answer: one line, as JSON
+            server.errors.inc()
+            yield f"data: {json.dumps({'error': f'{type(err).__name__}: {err}'})}\n\n"
+            return
+        server.ttft.observe(ans.ttft_s)
+        if ans.text.startswith(sent[0]) and len(ans.text) > len(sent[0]):
+            yield f"data: {json.dumps({'token': ans.text[len(sent[0]):]})}\n\n"  # what was held back
+        yield f"data: {json.dumps({'done': True, **_answer_fields(ans)})}\n\n"
+        return
 
 
 def _last_user_turn(messages: list) -> tuple[str, str | None]:

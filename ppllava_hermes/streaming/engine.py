@@ -296,13 +296,15 @@ class KVEngine:
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, gen: GenerationConfig, *, t0: float | None = None,
                  return_logits: bool = False,
-                 question_cache: Callable[[], tuple[MemoryCache, int] | None] | None = None) -> Generation:
+                 question_cache: Callable[[], tuple[MemoryCache, int] | None] | None = None,
+                 on_token: Callable[[int], None] | None = None) -> Generation:
         """Answer text ``ids`` ``(L,)`` from the memory as it is now; the memory is unchanged afterwards.
 
         Args:
             t0: the caller's start time (``time.perf_counter()``), so TTFT covers its own preparation.
             question_cache: builds a cache to answer from instead (an offline replay); the policy's own
                 ``question_cache`` hook (retrieval) is asked after it.
+            on_token: called with each generated id as it is chosen (streamed answers).
         """
         t0 = time.perf_counter() if t0 is None else t0
         with self.rollback():
@@ -313,7 +315,7 @@ class KVEngine:
             self.enter_question_cache(ids)
             cache_s = time.perf_counter() - t_cache
             cache_tokens, kv_bytes = self.cache.physical_length(), self.cache.kv_bytes()
-            out_ids, ttft, q_logits = self._decode(ids, gen, t0, return_logits)
+            out_ids, ttft, q_logits = self._decode(ids, gen, t0, return_logits, on_token)
         return Generation(token_ids=out_ids, ttft_s=ttft, total_s=time.perf_counter() - t0,
                           cache_tokens=cache_tokens, kv_bytes=kv_bytes, question_cache_s=cache_s,
                           question_logits=q_logits)
@@ -327,7 +329,8 @@ class KVEngine:
             logits, _ = self.prefill(self.lm.text_segment(ids, self.next_position, TokenKind.TEXT))
         return logits[0, -1].float()
 
-    def _decode(self, ids: torch.Tensor, gen: GenerationConfig, t0: float, return_logits: bool):
+    def _decode(self, ids: torch.Tensor, gen: GenerationConfig, t0: float, return_logits: bool,
+                on_token: Callable[[int], None] | None = None):
         processors = _sampling_processors(gen)
         generator = None
         if gen.do_sample:
@@ -345,6 +348,8 @@ class KVEngine:
             if next_id in eos:
                 break
             out_ids.append(next_id)
+            if on_token is not None:
+                on_token(next_id)
             if step + 1 == gen.max_new_tokens:
                 break
             seg = self.lm.text_segment(torch.tensor([next_id]), self.next_position, TokenKind.TEXT)

@@ -396,9 +396,11 @@ class StreamingSession:
 
     # ---- questions ------------------------------------------------------------------------------
     @torch.no_grad()
-    def ask(self, question: str, generation: GenerationConfig | None = None, *, return_logits: bool = False) -> Answer:
+    def ask(self, question: str, generation: GenerationConfig | None = None, *, return_logits: bool = False,
+            on_token: Callable[[int], None] | None = None) -> Answer:
         """Answer ``question`` from the memory as it is now (pending frames included); the memory, the
-        pending frames and the statistics of the stream are unchanged afterwards."""
+        pending frames and the statistics of the stream are unchanged afterwards. ``on_token`` receives each
+        generated id as it is chosen (a streamed answer)."""
         if not question or not question.strip():
             raise ValueError("ask(): the question is empty")
         gen = generation or GenerationConfig(max_new_tokens=self.config.max_new_tokens)
@@ -416,7 +418,8 @@ class StreamingSession:
                 visual, _ = self.encode_chunk(frames, times, len(self.frame_log), gate=False)
                 self.stats.encode_s = encode_s  # question-time work is not ingest
                 self.engine.prefill(self.adapter.visual_segment(visual, self.engine.next_position))
-            out = self.engine.generate(ids, gen, t0=t0, return_logits=return_logits, question_cache=replay)
+            out = self.engine.generate(ids, gen, t0=t0, return_logits=return_logits, question_cache=replay,
+                                       on_token=on_token)
         return Answer(
             text=self.adapter.tokenizer.decode(out.token_ids, skip_special_tokens=True),
             token_ids=out.token_ids,
