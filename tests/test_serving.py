@@ -132,6 +132,38 @@ def test_a_streamed_answer_comes_token_by_token_then_its_fields(client, base_url
     client.delete(f"/sessions/{sid}")
 
 
+def test_frames_over_a_websocket_with_alerts_back(client, base_url):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    sid = new_session(client)
+    client.post(f"/sessions/{sid}/watches", json={"query": "tell me when it moves", "threshold": 0.001})
+    ws_url = base_url.replace("http://", "ws://") + f"/sessions/{sid}/ws"
+    frames, _ = random_frames(4, size=56, seed=6)
+    replies, alerts = [], []
+    with connect(ws_url, additional_headers=AUTH) as ws:
+        for i, f in enumerate(frames):
+            ws.send(json.dumps({"t": i * 0.5, "format": "png"}))
+            ws.send(png(f))
+            replies.append(json.loads(ws.recv(timeout=30)))
+        ws.send(json.dumps({"t": 0.1, "format": "png"}))  # not after the last one: an error, the socket stays
+        ws.send(png(frames[0]))
+        replies.append(json.loads(ws.recv(timeout=30)))
+        ws.send(json.dumps({"t": 9, "format": "raw", "width": 56, "height": 56}))
+        ws.send(frames[0].tobytes())
+        for _ in range(10):  # the alert and the last reply, in either order
+            msg = json.loads(ws.recv(timeout=30))
+            (alerts if "alert" in msg else replies).append(msg)
+            if alerts and len(replies) == 6:
+                break
+    assert [r.get("frames_received") for r in replies[:4]] == [1, 2, 3, 4]
+    assert "t must increase" in replies[4]["error"] and replies[5]["frames_received"] == 5
+    assert alerts and alerts[0]["alert"]["query"] == "tell me when it moves"
+    with pytest.raises(InvalidStatus, match="HTTP 403"):  # no token: the handshake is refused
+        connect(ws_url)
+    client.delete(f"/sessions/{sid}")
+
+
 def test_watch_alerts_arrive_over_server_sent_events(client, base_url):
     sid = new_session(client)
     wid = client.post(f"/sessions/{sid}/watches", json={"query": "tell me when it moves", "threshold": 0.001}).json()

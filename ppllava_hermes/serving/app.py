@@ -13,6 +13,11 @@ server runs ``insecure_local``):
 * ``POST /sessions/{id}/frames?t=SECONDS`` with one JPEG/PNG image as the body (or raw RGB bytes with
   ``Content-Type: application/octet-stream`` and ``&width=W&height=H``): queued for ingest (202, with the
   queue depth); ``&wait=true`` waits until it is ingested. Timestamps must be finite and increase.
+* ``WS /sessions/{id}/ws`` (the token in the ``Authorization`` header or ``?token=``): push frames over a
+  WebSocket, each as a text message ``{"t": seconds, "format": "jpeg" | "png" | "raw", "width"?, "height"?}``
+  followed by one binary message with the bytes; the server answers each frame with ``{"queued",
+  "frames_received"}`` or ``{"error"}`` (the socket stays open), and sends ``{"alert": {...}}`` whenever
+  one of the session's watches fires. Frames are checked and queued exactly like ``POST .../frames``.
 * ``POST /sessions/{id}/source`` ``{"path"}`` (a file under an allow-listed folder) or ``{"url"}`` (an
   rtsp/http(s) URL whose host is allow-listed), ``"fps"?``, ``"realtime"?``: a reader thread streams it in;
   a realtime source that falls behind drops chunks by the scheduler's rule (counted); a source that stalls
@@ -62,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -542,6 +547,57 @@ def create_app(config: ServeConfig, adapter=None, pooling=None, restore: str | N
         if wait:
             await run(fut)
         return {"queued": server.scheduler.depth(sid), "frames_received": s.frames_received}
+
+    @app.websocket("/sessions/{sid}/ws")
+    async def frames_socket(ws: WebSocket, sid: str):
+        token = ws.headers.get("authorization", "") or f"Bearer {ws.query_params.get('token', '')}"
+        if not config.insecure_local and not secrets.compare_digest(token.encode(), f"Bearer {config.token}".encode()):
+            await ws.close(code=4401, reason="missing or wrong bearer token")
+            return
+        s = server.sessions.get(sid)
+        if s is None:
+            await ws.close(code=4404, reason=f"no session {sid!r}")
+            return
+        await ws.accept()
+        alerts: asyncio.Queue = asyncio.Queue()
+        sub = (asyncio.get_running_loop(), alerts)
+        with s.lock:
+            s.subscribers.append(sub)
+
+        async def forward_alerts() -> None:
+            while (alert := await alerts.get()) is not None:
+                await ws.send_json({"alert": alert})
+
+        sender = asyncio.create_task(forward_alerts())
+        try:
+            while True:
+                header = await ws.receive_text()
+                try:
+                    meta = json.loads(header)
+                    if not isinstance(meta, dict):
+                        raise ValueError
+                except ValueError:
+                    await ws.send_json({"error": "expected a JSON header {\"t\", \"format\"} before each frame"})
+                    continue
+                body = await ws.receive_bytes()
+                try:
+                    fmt = str(meta.get("format", "jpeg"))
+                    kind = "application/octet-stream" if fmt == "raw" else f"image/{fmt}"
+                    time_s = _finite_time(None if meta.get("t") is None else str(meta.get("t")))
+                    if s.last_enqueued_t is not None and time_s <= s.last_enqueued_t:
+                        raise ApiError(400, f"frames: t must increase; got {time_s:g}s after {s.last_enqueued_t:g}s")
+                    frame = decode_frame(body, kind, meta.get("width"), meta.get("height"), config)
+                    server.enqueue_frames(s, frame[None], np.asarray([time_s]))
+                    await ws.send_json({"queued": server.scheduler.depth(sid), "frames_received": s.frames_received})
+                except ApiError as err:
+                    await ws.send_json({"error": err.reason})
+        except WebSocketDisconnect:
+            pass
+        finally:
+            sender.cancel()
+            with s.lock:
+                if sub in s.subscribers:
+                    s.subscribers.remove(sub)
 
     @app.post("/sessions/{sid}/source", status_code=202)
     async def attach_source(sid: str, body: Source):
