@@ -139,3 +139,31 @@ def test_output_paths_are_checked_before_the_model(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
     assert ("--resume" if case.startswith("resume") else "--out") in err
+
+
+def test_an_eval_killed_with_sigkill_halfway_resumes_to_the_same_results(tmp_path):
+    """A real process killed by SIGKILL mid-run (no handler runs), then ``--resume``: the same results file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cli.main(_eval_argv(tmp_path / "whole"))
+    whole = _answered(tmp_path / "whole" / "results.json")
+    total = sum(len(rs) for _, rs in whole)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "ppllava_hermes.cli", *_eval_argv(cut)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = cut / "results.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 1 + total // 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed halfway"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    kept = len(log.read_text().splitlines()) - 1
+    assert 0 < kept < total and not (cut / "results.json").exists()
+    assert cli.main([*_eval_argv(cut), "--resume"]) == 0
+    assert _answered(cut / "results.json") == whole
