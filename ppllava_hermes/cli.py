@@ -316,8 +316,7 @@ def _with_budget_hint(err: ValueError, args: argparse.Namespace, adapter, releva
             StreamingSession(adapter, memory=build_policy(args.memory, budget),
                              pooling=build_pooling(args, adapter, relevance),
                              config=StreamConfig(chunk_frames=args.chunk_frames,
-                                                 max_new_tokens=args.max_new_tokens,
-                             snapshot_dir=args.snapshot_dir or args.restore)).start()
+                                                 max_new_tokens=args.max_new_tokens)).start()
         except ValueError as err:
             return str(err)
         return None
