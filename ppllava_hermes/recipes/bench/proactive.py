@@ -255,6 +255,7 @@ def plot(curves: dict, path: Path) -> None:
     ax.axvline(1.0, color="grey", lw=0.8, ls="--")
     ax.axhline(70.0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)
     ax.set_xlabel("false alarms per 10 min of watched stream")
     ax.set_ylabel("hit rate (%)")
     ax.set_title("ShapesWorld standing queries: threshold sweep (dotted: validation)")

@@ -37,6 +37,20 @@ Specification.
   :class:`StreamingSession` (full cache, chunk 4, no pooling and CLIP pooling) on held-out test streams (``video_seed("test", 3000 + i)``) and test short clips; the
   results are added to that report (``--eval-only`` runs this evaluation alone on ``--init``).
 
+* Stage 4 (``--watch-streams N``): each step also streams N worlds chunked as watches run (``WATCH_CHUNK``
+  = 2 frames), carrying the labelled decisions of their forward questions (:func:`watch_decisions`: the
+  forward question as the prompt, ``now`` at the chunk ends in ``[event_time, event_time + tolerance]``,
+  ``no`` before, ``--watch-negatives`` kept: the three just before the event and random earlier ones) and one
+  backward / realtime question of each type; a ``now`` counts ``--watch-now-weight`` times in the loss. The
+  packed decision logits equal ``StreamingSession.watch``'s scores (tested). The shipped checkpoint is stage 4,
+  made by two runs (the first stopped by hand; its log is ``watch_training_stage4a_log.json``)::
+
+      ppllava-hermes train train_world_memory --init <stage 3> --out runs/vlm_watch --steps 500 \
+          --watch-streams 1 --lr 5e-4 --warmup 15 --seed 1 --max-minutes 50        # stopped at step 135
+      ppllava-hermes train train_world_memory --init runs/vlm_watch --out runs/vlm_watch2 --steps 320 \
+          --watch-streams 2 --watch-per-type 3 --watch-negatives 4 --watch-now-weight 3 --lr 5e-4 \
+          --warmup 5 --seed 2 --max-minutes 45                                       # 209 steps, 45.1 min
+
 Hyperparameters are ours (no reference exists for this world): AdamW lr 8e-4, weight decay 0.01,
 warm-up then cosine (:func:`lr_factor`), 2 streams + 8 short clips per step, gradient clip 1.0.
 """
