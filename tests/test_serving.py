@@ -290,6 +290,23 @@ def test_openai_chat_completions_on_a_file_and_on_a_live_session(client, media):
     client.delete(f"/sessions/{sid}")
 
 
+def test_the_standard_openai_client_talks_to_it(client, base_url, media):
+    openai = pytest.importorskip("openai")
+    oa = openai.OpenAI(base_url=f"{base_url}/v1", api_key=TOKEN, max_retries=0)
+    out = oa.chat.completions.create(model="tiny", max_tokens=3, messages=[{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": str(media / "clip.mp4")}}, {"type": "text", "text": "what?"}]}])
+    assert out.object == "chat.completion" and isinstance(out.choices[0].message.content, str)
+    sid = new_session(client)
+    push(client, sid, random_frames(2, size=56)[0])
+    out = oa.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "now?"}],
+                                     extra_body={"session": sid})
+    assert out.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "x"}], extra_body={"session": sid})
+    client.delete(f"/sessions/{sid}")
+
+
 def test_the_scheduler_puts_questions_first_and_drops_the_oldest_ingest():
     sched = Scheduler(max_queued=2)
     gate = threading.Event()
