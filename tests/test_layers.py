@@ -38,6 +38,8 @@ GLOBAL_RULES: list[tuple[str, tuple[str, ...], str]] = [
      "world/ is a plugin that registers itself (world/plugin.py): ask a registry (ppllava_hermes.plugins)"),
     (f"{PACKAGE}.cli", (f"{PACKAGE}.cli",), "the command line is the top: move what is needed into the library"),
     (f"{PACKAGE}.recipes", (f"{PACKAGE}.cli", f"{PACKAGE}.recipes"), "only the CLI dispatches to recipes"),
+    (f"{PACKAGE}.serving", (f"{PACKAGE}.cli", f"{PACKAGE}.serving", f"{PACKAGE}.recipes"),
+     "the server uses the session API like any user; nothing below it imports it"),
     ("train", (), "nothing in the package imports the top-level scripts"),
     ("evaluate", (), "nothing in the package imports the top-level scripts"),
     ("scripts", (), "nothing in the package imports the top-level scripts"),
