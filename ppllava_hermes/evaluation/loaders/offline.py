@@ -76,7 +76,8 @@ def _listed(item: dict[str, Any], options_key: str) -> tuple[str, list[str], int
 
 
 def load_egoschema(
-    annotation_path: PathLike, video_dir: PathLike | None = None, answers_path: PathLike | None = None
+    annotation_path: PathLike, video_dir: PathLike | None = None, answers_path: PathLike | None = None, *,
+    hidden_answers: bool = False,
 ) -> LoadResult:
     """Load EgoSchema questions, with answers from a separate ``{q_uid: index}`` file.
 
@@ -85,6 +86,8 @@ def load_egoschema(
     0-based ``answer``). With ``answers_path`` (``subset_answers.json``) answers come from that file; an
     item it lacks is skipped, as is an item whose own answer disagrees with it. Videos are
     ``<q_uid>.mp4``; qid is the q_uid. task_kind "other": 3-minute clips built to need long-range context.
+    ``hidden_answers`` (the full set, :func:`~.egoschema_full.load_egoschema_full`): a question without an
+    answer is kept with the placeholder answer 0, and every record says ``extra["answer_known"]``.
     """
     path = Path(annotation_path)
     data = read_json(path, list)
@@ -104,18 +107,21 @@ def load_egoschema(
             else:
                 question, options, extra = _embedded_prompt(item)
             own = item.get("answer")  # the eval-harness file carries one; the official file does not
-            if answers is not None:
-                if uid not in answers:
-                    raise Malformed(f"q_uid {uid!r} has no answer in {answers_path}")
+            answer: int | None = None
+            if answers is not None and uid in answers:
                 answer = answer_from_index(answers[uid], len(options))
                 if own is not None and answer_from_index(own, len(options)) != answer:
                     raise Malformed(
                         f"answer {own!r} in the questions file disagrees with {answers[uid]!r} in {answers_path}"
                     )
+            elif answers is not None and not hidden_answers:
+                raise Malformed(f"q_uid {uid!r} has no answer in {answers_path}")
             elif own is not None:
                 answer = answer_from_index(own, len(options))
-            else:
+            elif not hidden_answers:
                 raise Malformed("no answer (give answers_path=subset_answers.json)")
+            if hidden_answers:
+                extra["answer_known"] = answer is not None
             for key in ("duration", "google_drive_id", "id"):
                 if key in item:
                     extra[key] = item[key]
@@ -125,7 +131,7 @@ def load_egoschema(
                 video=resolve_video(uid, video_dir, ".mp4"),
                 question=question,
                 options=options,
-                answer=answer,
+                answer=answer if answer is not None else 0,
                 task_type="egoschema",
                 task_kind="other",
                 extra=extra,
