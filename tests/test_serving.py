@@ -17,6 +17,7 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from ppllava_hermes.serving.app import ServeConfig, create_app  # noqa: E402
+from ppllava_hermes.serving.live import LiveServer  # noqa: E402
 from ppllava_hermes.serving.worker import Scheduler  # noqa: E402
 from ppllava_hermes.video import write_video  # noqa: E402
 
@@ -50,19 +51,8 @@ def base_url(media):
                          budget=64, chunk_frames=2, max_frame_bytes=100_000, max_new_tokens=16)
     app = create_app(config, adapter=tiny_adapter("qwen2_5_vl"))
     STATE["server"] = app.state.server
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with LiveServer(app) as live:
+        yield live.url
 
 
 @pytest.fixture

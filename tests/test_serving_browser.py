@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ if not CHROMIUM:
     pytest.skip("no chromium binary (apt-get install chromium, or set PPLLAVA_CHROMIUM)", allow_module_level=True)
 
 from ppllava_hermes.serving.app import ServeConfig, create_app  # noqa: E402
+from ppllava_hermes.serving.live import LiveServer  # noqa: E402
 from ppllava_hermes.video import write_video  # noqa: E402
 from ppllava_hermes.world.generator import WorldConfig, generate_world  # noqa: E402
 
@@ -49,19 +48,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 def base_url():
     config = ServeConfig(token=TOKEN, max_sessions=3, budget=64, chunk_frames=2, max_new_tokens=8)
     app = create_app(config, adapter=tiny_adapter("qwen2_5_vl"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with LiveServer(app) as live:
+        yield live.url
 
 
 @pytest.fixture(scope="module")

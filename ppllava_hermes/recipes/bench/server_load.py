@@ -6,7 +6,7 @@
 Specification.
 
 * Model: the shipped ShapesWorld VLM (``--model``: another checkpoint folder), ``--threads`` torch threads.
-  Server: ``serving.app.create_app`` on it, in this process: uvicorn in a thread on 127.0.0.1 (a free port),
+  Server: ``serving.app.create_app`` on it, in this process (``serving.live.LiveServer``: uvicorn in a thread on 127.0.0.1, a free port),
   bearer-token auth, sessions of memory ``hermes`` at ``--budget`` visual tokens per layer (default 256),
   chunks of 2 frames; ``max_sessions`` = the largest N. One server for the whole run, stopped cleanly at the
   end (uvicorn's exit, then the app's shutdown closes the scheduler). Before the first N, first calls off
@@ -54,7 +54,6 @@ import json
 import os
 import secrets
 import shlex
-import socket
 import sys
 import threading
 import time
@@ -64,6 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from ppllava_hermes.recipes.bench import machine_description, provenance_md
+from ppllava_hermes.serving.live import LiveServer
 
 ROW_FIELDS = ("sessions", "p50_ttft_ms", "p95_ttft_ms", "ingest_fps", "dropped_frames", "rss_mb_start",
               "rss_mb_end", "errors")
@@ -141,35 +141,6 @@ class Errors:
     def count(self, n: int) -> int:
         with self._lock:
             return sum(e["sessions"] == n for e in self.items)
-
-
-class LiveServer:
-    """The app under uvicorn in a thread on a pre-bound loopback socket."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.app = app
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name="uvicorn", daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server_load: the server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-        self.sock.close()
 
 
 def client_thread(url: str, headers: dict, log: ClientLog, index: int, n: int, n_frames: int, t0: float,
