@@ -86,37 +86,30 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse ``type`` of a finite number > 0 (``--fps``, ``--minutes``); nan and inf are refused."""
+def _float_arg(text: str, ok, expected: str) -> float:
+    """``float(text)`` if ``ok(value)`` (nan, and text that is no number, never pass), else argparse's error."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number > 0")
+    if math.isnan(value) or not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type`` of a finite number > 0 (``--fps``, ``--minutes``); nan and inf are refused."""
+    return _float_arg(text, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 
 
 def nonnegative_float(text: str) -> float:
     """argparse ``type`` of a finite number >= 0 (``--temperature``: 0 is greedy); nan and inf are refused."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number >= 0")
-    return value
+    return _float_arg(text, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
 def open_unit_float(text: str) -> float:
     """argparse ``type`` of a probability strictly between 0 and 1 (``--watch-threshold``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 < value < 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number between 0 and 1 (exclusive)")
-    return value
+    return _float_arg(text, lambda v: 0.0 < v < 1.0, "a number between 0 and 1 (exclusive)")
 
 
 #: The most tokens one answer may have (``--max-new-tokens``); the model's positions left may allow fewer.
