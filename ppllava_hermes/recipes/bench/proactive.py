@@ -270,18 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ppllava_hermes.memory import make_policy
-    from ppllava_hermes.recipes.train.train_world_memory import DocumentBuilder
+    from ppllava_hermes.recipes.train.train_world_memory import DocumentBuilder, world_scorer
     from ppllava_hermes.world.model import VLM_DIR, WATCH, load_shapesworld_adapter
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
     adapter = load_shapesworld_adapter(args.model)
-    try:
-        from ppllava_hermes.streaming.pooling_stage import load_scorer
-
-        scorer = load_scorer(None, frames_per_token=adapter.frames_per_group)
-    except (FileNotFoundError, ImportError):
-        scorer = None
+    scorer = world_scorer(adapter)
     builder = DocumentBuilder(adapter, scorer)
     test, val = build_worlds("test", args.worlds, args.per_type), build_worlds("val", args.val_worlds, args.per_type)
     base = replace(WATCH, threshold=0.5)

@@ -185,6 +185,19 @@ class Document:
         return self.embeds.shape[0] + sum(b[0].shape[0] for b in self.blocks)
 
 
+def world_scorer(adapter, on_missing=None):
+    """The shipped ShapesWorld CLIP as the relevance scorer of ``adapter``'s groups, or None when no CLIP is shipped
+    or the ``[clip]`` extra is missing (``on_missing(error)`` hears why)."""
+    try:
+        from ppllava_hermes.streaming.pooling_stage import load_scorer
+
+        return load_scorer(None, frames_per_token=adapter.frames_per_group)
+    except (FileNotFoundError, ImportError) as err:
+        if on_missing is not None:
+            on_missing(err)
+        return None
+
+
 class DocumentBuilder:
     """Builds session-identical documents for the ShapesWorld adapter (pooling stages as the session's)."""
 
@@ -544,13 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     adapter = load_shapesworld_adapter(args.init)
     model = adapter.model
-    scorer = None
-    try:
-        from ppllava_hermes.streaming.pooling_stage import load_scorer
-
-        scorer = load_scorer(None, frames_per_token=adapter.frames_per_group)
-    except (FileNotFoundError, ImportError) as err:
-        print(f"no ShapesWorld CLIP ({err}): streams are pooled by averaging instead")
+    scorer = world_scorer(adapter, lambda err: print(f"no ShapesWorld CLIP ({err}): streams are pooled by averaging "
+                                                     "instead"))
     if args.eval_only:
         t1 = time.time()
         final = final_evaluation(adapter, scorer, args.final_streams, args.final_clips)
