@@ -122,14 +122,15 @@ def test_store_holds_the_evicted_keys_and_values(family):
 
 # ---- question time ------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_retrieving_everything_answers_like_the_full_cache(family):
+@pytest.mark.parametrize("name", ["retrieval", "retrieval-tokens"])
+def test_retrieving_everything_answers_like_the_full_cache(family, name):
     """Many compressions with eager re-indexing, then every block retrieved: the re-derived layout and the
     re-rotated keys give the full cache's question logits and answer."""
     ad = one_layer_adapter(family)
     frames, times = random_frames(16, seed=3)
     got = {}
     for label, policy in [("full", FullCache()),
-                          ("retrieval", make_policy("retrieval", budget=24, retrieve_budget=10**6, headroom=64))]:
+                          ("retrieval", make_policy(name, budget=24, retrieve_budget=10**6, headroom=64))]:
         session = StreamingSession(ad, memory=policy, config=StreamConfig(chunk_frames=4))
         session.add_frames(frames, times)
         got[label] = session.ask("What happens?", GenerationConfig(max_new_tokens=4), return_logits=True)
@@ -295,3 +296,50 @@ def test_defaults_are_the_simplestream_window_plus_as_much_again():
     session.ask("What?", GenerationConfig(max_new_tokens=2))
     assert 0 < policy.last_question.tokens_retrieved <= resident
     assert len(session.frame_log) == 24 and len({int(f) for f in session.cache.layers[0].frame_ids if f >= 0}) == 2
+
+
+# ---- retrieval-tokens: a block ranked by its best entry -------------------------------------------
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("probe_batch", [1, 40, 1024])
+def test_one_aligned_entry_ranks_its_frame_first_with_token_scoring(family, probe_batch):
+    """One entry of an old frame is aligned with the question, the rest of that frame points away, so the
+    frame's mean key (the summary) points away: ``retrieval`` ranks the frame last, ``retrieval-tokens``
+    first; its scoring caches stay within ``probe_batch`` entries (or one block) beside the resident ones."""
+    ad = adapter(family)
+    rope = ad.rope_spec()
+    frames, times = random_frames(24, seed=7)
+    gen = torch.Generator().manual_seed(1)
+    ranks = {}
+    for name in ("retrieval", "retrieval-tokens"):
+        policy = make_policy(name, budget=24, headroom=64, probe_batch=probe_batch)
+        session = StreamingSession(ad, memory=policy, config=StreamConfig(chunk_frames=4))
+        session.add_frames(frames[:4], times[:4])
+        layer0 = session.cache.layers[0]
+        target_fid = int(layer0.frame_ids[layer0.kinds == int(TokenKind.VISUAL)].unique()[1])
+        planted = (layer0.frame_ids == target_fid).nonzero().squeeze(1)
+        n_sys = session.cache.count(TokenKind.SYSTEM)
+        kv_heads, head_dim = layer0.keys.shape[1], layer0.keys.shape[3]
+        if name == "retrieval":
+            queries = [torch.nn.functional.normalize(torch.randn(kv_heads, head_dim, generator=gen), dim=-1) * 3
+                       for _ in session.cache.layers]
+        at = torch.full((session.cache.pos_dims, planted.numel()), n_sys)
+        for layer, q in zip(session.cache.layers, queries, strict=True):
+            scale = torch.full((planted.numel(),), -2.0)
+            scale[0] = 6.0  # one strongly aligned entry; the frame's mean points away from q
+            aligned = scale[None, None, :, None] * q[None, :, None, :]
+            layer.keys[..., planted, :] = rerotate(aligned.to(layer.keys.dtype), at, layer.positions[:, planted], rope)
+        session.add_frames(frames[4:], times[4:])
+        fids = [b.frame_id for b in policy.store]
+        target = fids.index(target_fid)
+        probe, calls = aligned_probe(queries)
+        policy.question_cache(session.cache, rope, probe, session.next_position)
+        scores = policy.last_question.scores
+        ranks[name] = int((scores > scores[target]).sum())
+        largest = max(len(b) for b in policy.store)
+        assert max(calls) <= session.cache.physical_length() + max(
+            probe_batch if name == "retrieval-tokens" else min(probe_batch, len(policy.store)), largest)
+        if name == "retrieval-tokens":
+            assert target_fid in policy.last_question.frames_retrieved
+            assert sum(calls) - len(calls) * session.cache.physical_length() == policy.stored_tokens
+    assert ranks["retrieval-tokens"] == 0
+    assert ranks["retrieval"] > 0

@@ -10,7 +10,8 @@ and per-entry metadata (frame id, kind, count). One policy per file:
 - ``uniform.UniformSampling`` ("uniform"): offline: re-encode uniformly sampled frames per question.
 - ``snapkv.SnapKV`` ("snapkv"): attention of a pseudo-query, pooled (the attention-only ablation).
 - ``retrieval.Retrieval`` ("retrieval"): the window on the accelerator, evicted frames offloaded to host
-  memory and retrieved by the question's attention (ReKV-style).
+  memory and retrieved by the question's attention (ReKV-style); ``retrieval.TokenRetrieval``
+  ("retrieval-tokens") ranks a stored frame by its best entry instead of its mean key.
 - ``merge.TokenMerge`` / ``merge.MergeThenEvict`` ("merge"): DMC-style append-or-merge, then HERMES
   when a budget is given; ``proportional`` adds log(count) to attention.
 """
@@ -21,7 +22,7 @@ from .cache import MemoryCache, MemoryLayer, TokenKind, TokenMeta
 from .hermes import Hermes
 from .merge import KeyDimDecider, MergeThenEvict, SimilarityDecider, TokenMerge, merge_policy
 from .policy import AttentionProbe, CompressResult, FullCache, MemoryPolicy, QuestionProbe
-from .retrieval import HostBlock, QuestionReport, Retrieval
+from .retrieval import HostBlock, QuestionReport, Retrieval, TokenRetrieval
 from .sink import StreamingLLM
 from .snapkv import SnapKV
 from .uniform import UniformSampling
@@ -36,6 +37,7 @@ POLICIES: dict[str, type[MemoryPolicy]] = {
     "snapkv": SnapKV,
     "merge": MergeThenEvict,
     "retrieval": Retrieval,
+    "retrieval-tokens": TokenRetrieval,
 }
 
 
@@ -79,6 +81,7 @@ __all__ = [
     "StreamingLLM",
     "TokenKind",
     "TokenMerge",
+    "TokenRetrieval",
     "TokenMeta",
     "UniformSampling",
     "make_policy",

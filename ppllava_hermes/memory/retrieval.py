@@ -40,6 +40,15 @@ At question time (:meth:`Retrieval.question_cache`):
    it is not: in a deeper model, a chunk prefilled after an eviction attended only to the window (as
    under ReKV's sliding-window encoding), so its deeper-layer KV differ from the full cache's.
 
+:class:`TokenRetrieval` ("retrieval-tokens", ours) scores blocks by their entries instead of one summary:
+every stored key, moved to the shared scoring position, is an entry of the scoring cache (``probe_batch``
+entries per probe), and a block's score is the largest per-layer-mean relative attention any of its
+entries received. A mean key blurs a frame's few informative tokens (the one object a question names)
+into its background; the maximum keeps them. The price: scoring attends over every stored entry, so its
+cost grows with the stream (host-to-device copies and one probe per ``probe_batch`` entries), while
+the accelerator still holds at most ``system + budget + probe_batch`` entries during scoring and
+``budget + retrieve_budget`` for the answer.
+
 The stream's cache and the store are not modified by a question. One policy instance serves one
 stream at a time (:meth:`setup` empties the store).
 
@@ -162,13 +171,13 @@ class Retrieval(RecentWindow):
 
     def __post_init__(self) -> None:
         if self.budget is not None and self.budget < 1:
-            raise ValueError(f"retrieval: budget must be >= 1 visual token, got {self.budget}")
+            raise ValueError(f"{self.name}: budget must be >= 1 visual token, got {self.budget}")
         if self.frames < 1:
-            raise ValueError(f"retrieval: frames must be >= 1, got {self.frames}")
+            raise ValueError(f"{self.name}: frames must be >= 1, got {self.frames}")
         if self.retrieve_budget is not None and self.retrieve_budget < 0:
-            raise ValueError(f"retrieval: retrieve_budget must be >= 0, got {self.retrieve_budget}")
+            raise ValueError(f"{self.name}: retrieve_budget must be >= 0, got {self.retrieve_budget}")
         if self.probe_batch < 1:
-            raise ValueError(f"retrieval: probe_batch must be >= 1, got {self.probe_batch}")
+            raise ValueError(f"{self.name}: probe_batch must be >= 1, got {self.probe_batch}")
         super().__post_init__()
         self._clear()
 
@@ -203,7 +212,7 @@ class Retrieval(RecentWindow):
             need = num_system_tokens + self.budget + self._retrieve_limit(self.budget) + self.headroom
             if need >= rope.max_position_embeddings:
                 raise ValueError(
-                    f"retrieval: system ({num_system_tokens}) + budget ({self.budget}) + retrieve_budget "
+                    f"{self.name}: system ({num_system_tokens}) + budget ({self.budget}) + retrieve_budget "
                     f"({self._retrieve_limit(self.budget)}) + headroom ({self.headroom}) = {need} positions do "
                     f"not fit under the model's {rope.max_position_embeddings}"
                 )
@@ -336,39 +345,65 @@ class Retrieval(RecentWindow):
 
     def score_blocks(self, cache: MemoryCache, rope: RopeSpec, probe: QuestionProbe, next_position: int) -> torch.Tensor:
         """``(len(store),)`` float32: each block's score for the question ``probe`` runs (module docstring)."""
+        def summary(block: HostBlock, li: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            origin = torch.zeros(cache.pos_dims, 1, dtype=torch.long)
+            return block.summaries[li], block.summary_values[li], origin
+
+        return self._score(cache, rope, probe, next_position, summary, lambda block: 1, reduce="mean")
+
+    def _score(self, cache: MemoryCache, rope: RopeSpec, probe: QuestionProbe, next_position: int,
+               candidates, count, reduce: str) -> torch.Tensor:
+        """Score blocks by the question's attention on their candidate entries.
+
+        ``candidates(block, layer)`` gives ``(keys, values, positions)``: ``(batch, kv_heads, n, head_dim)``
+        keys rotated at ``positions`` ``(pos_dims, n)``; ``count(block)`` is that ``n``. Candidates are
+        moved to one shared position right after the system prompt, scored in probes of at most
+        ``probe_batch`` entries, each entry by its attention over the attention on the system and resident
+        entries (the part every probe shares), averaged over layers; a block's score is the
+        ``reduce`` ("mean" or "max") of its entries'.
+        """
         layer0 = cache.layers[0]
         system = layer0.kinds == int(TokenKind.SYSTEM)
         n_sys = int(system.sum())
         if not bool(system[:n_sys].all()):
             raise RuntimeError("retrieval: the system prompt must lead the cache")
-        # One position for every summary: right after the system prompt (where the past began).
+        # One position for every candidate: right after the system prompt (where the past began).
         at = int(layer0.positions[:, :n_sys].max()) + 1 if n_sys else 0
-        scores = torch.zeros(len(self.store), dtype=torch.float32)
-        for first in range(0, len(self.store), self.probe_batch):
-            batch = self.store[first : first + self.probe_batch]
-            nb = len(batch)
+        sizes = [count(block) for block in self.store]
+        entry_scores: list[torch.Tensor] = []
+        first = 0
+        while first < len(self.store):  # whole blocks per probe, at most probe_batch entries (or one block)
+            last, total = first + 1, sizes[first]
+            while last < len(self.store) and total + sizes[last] <= self.probe_batch:
+                total += sizes[last]
+                last += 1
+            batch = self.store[first:last]
             scoring = MemoryCache(cache.num_layers, cache.pos_dims)
             for li, (src, dst) in enumerate(zip(cache.layers, scoring.layers, strict=True)):
-                summary = torch.cat([blk.summaries[li] for blk in batch], dim=-2)
-                origin = torch.zeros(cache.pos_dims, nb, dtype=torch.long)
-                summary = rerotate(summary, origin, torch.full_like(origin, at), rope)
-                summary = summary.to(device=src.keys.device, dtype=src.keys.dtype)
-                values = torch.cat([blk.summary_values[li] for blk in batch], dim=-2)
-                values = values.to(device=src.values.device, dtype=src.values.dtype)
-                keys = torch.cat([src.keys[..., :n_sys, :], summary, src.keys[..., n_sys:, :]], dim=-2)
-                vals = torch.cat([src.values[..., :n_sys, :], values, src.values[..., n_sys:, :]], dim=-2)
-                positions = torch.cat([src.positions[:, :n_sys], torch.full((cache.pos_dims, nb), at),
-                                       src.positions[:, n_sys:]], dim=1)
-                _fill(dst, keys, vals, positions, _concat_meta(src, n_sys, nb))
+                parts = [candidates(blk, li) for blk in batch]
+                keys = torch.cat([rerotate(k.float(), p, torch.full_like(p, at), rope) for k, _, p in parts], dim=-2)
+                keys = keys.to(device=src.keys.device, dtype=src.keys.dtype)
+                values = torch.cat([v for _, v, _ in parts], dim=-2).to(device=src.values.device, dtype=src.values.dtype)
+                _fill(dst, torch.cat([src.keys[..., :n_sys, :], keys, src.keys[..., n_sys:, :]], dim=-2),
+                      torch.cat([src.values[..., :n_sys, :], values, src.values[..., n_sys:, :]], dim=-2),
+                      torch.cat([src.positions[:, :n_sys], torch.full((cache.pos_dims, total), at),
+                                 src.positions[:, n_sys:]], dim=1),
+                      _concat_meta(src, n_sys, total))
             attention = probe(scoring, next_position)
-            is_summary = torch.zeros(n_sys + nb + len(layer0) - n_sys, dtype=torch.bool)
-            is_summary[n_sys : n_sys + nb] = True
+            is_candidate = torch.zeros(len(layer0) + total, dtype=torch.bool)
+            is_candidate[n_sys : n_sys + total] = True
             per_layer = []
             for a in attention:
-                shared = a[~is_summary].sum().clamp_min(torch.finfo(torch.float32).tiny)
-                per_layer.append(a[is_summary] / shared)
-            scores[first : first + nb] = torch.stack(per_layer).mean(0)
-        return scores
+                shared = a[~is_candidate].sum().clamp_min(torch.finfo(torch.float32).tiny)
+                per_layer.append(a[is_candidate] / shared)
+            entry_scores.append(torch.stack(per_layer).mean(0))
+            first = last
+        flat = torch.cat(entry_scores)
+        owner = torch.repeat_interleave(torch.arange(len(self.store)), torch.tensor(sizes))
+        scores = torch.zeros(len(self.store), dtype=torch.float32)
+        if reduce == "max":
+            return scores.fill_(-torch.inf).scatter_reduce_(0, owner, flat.float(), "amax")
+        return scores.scatter_reduce_(0, owner, flat.float(), "mean", include_self=False)
 
     def build_answer_cache(self, cache: MemoryCache, rope: RopeSpec, chosen: list[int]) -> tuple[MemoryCache, int]:
         """The answer cache from the resident entries plus store blocks ``chosen`` (indices, stream order).
@@ -439,3 +474,20 @@ def _fill(layer: MemoryLayer, keys: torch.Tensor, values: torch.Tensor, position
     layer.update(keys, values)
     layer.replace(layer.keys, layer.values, positions, meta["frame_ids"], meta["kinds"], meta["counts"],
                   segments=meta["segments"], uids=meta["uids"])
+
+
+@dataclass
+class TokenRetrieval(Retrieval):
+    """Retrieval that scores each stored entry and ranks a block by its best entry (module docstring).
+
+    Attributes: those of :class:`Retrieval`; ``probe_batch`` counts entries here (ours: 1024).
+    """
+
+    name: ClassVar[str] = "retrieval-tokens"
+
+    def score_blocks(self, cache: MemoryCache, rope: RopeSpec, probe: QuestionProbe, next_position: int) -> torch.Tensor:
+        """``(len(store),)`` float32: each block's largest entry score for the question."""
+        def entries(block: HostBlock, li: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return block.keys[li], block.values[li], block.positions
+
+        return self._score(cache, rope, probe, next_position, entries, len, reduce="max")
