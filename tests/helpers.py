@@ -22,48 +22,49 @@ def random_frames(n: int, size: int = 56, seed: int = 0) -> tuple[np.ndarray, np
     return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n, dtype=np.float64) * 0.5
 
 
+def hf_processor(adapter: VLMAdapter):
+    """The family's HF processor around the adapter's tokenizer and video processor, with the chat
+    template the adapter was built with (the family's published format for tiny models)."""
+    from transformers import (
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+    )
+
+    if adapter.family == "qwen2_5_vl":
+        return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=adapter.tokenizer,
+                                   video_processor=adapter.video_processor, chat_template=adapter.chat_template)
+    vc = adapter.model.config.vision_config
+    side = vc.image_size // vc.patch_size
+    return LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(), tokenizer=adapter.tokenizer,
+        video_processor=adapter.video_processor, num_image_tokens=side * side,
+        vision_feature_select_strategy=adapter.model.config.vision_feature_select_strategy,
+        chat_template=adapter.chat_template)
+
+
 def hf_reference_inputs(adapter: VLMAdapter, chunks: list[tuple[np.ndarray, np.ndarray]], question: str) -> dict:
     """The one-shot HF input equal to a stream of ``chunks`` followed by ``question``.
 
-    Each chunk is one video in the prompt, as the session feeds it. Returns kwargs for ``model(...)``
-    and ``model.generate(...)``.
+    The prompt is the HF processor's own: its ``apply_chat_template`` over a system turn and one user
+    turn with one video part per chunk (as the session feeds them) and the question, then its call on
+    that text and the chunks' frames (token expansion, pixel values, grids; each chunk's frame rate from
+    its timestamps). Returns kwargs for ``model(...)`` and ``model.generate(...)``.
     """
-    tok = adapter.tokenizer
-    ids = list(adapter.tokenize(adapter.prefix_text()).tolist())
-    cfg = adapter.model.config
-    if adapter.family == "qwen2_5_vl":
-        pixels, grids, seconds, types = [], [], [], [0] * len(ids)
-        for frames, times in chunks:
-            batch = adapter.video_processor(videos=[frames], return_tensors="pt")
-            grid = batch["video_grid_thw"][0]
-            n = int(grid.prod()) // adapter.merge**2
-            ids += [cfg.vision_start_token_id] + [cfg.video_token_id] * n + [cfg.vision_end_token_id]
-            types += [0] + [2] * n + [0]
-            pixels.append(batch["pixel_values_videos"])
-            grids.append(grid)
-            seconds.append(2 * float(np.median(np.diff(times))))
-        q = adapter.tokenize(adapter.question_text(question)).tolist()
-        ids += q
-        types += [0] * len(q)
-        return dict(
-            input_ids=torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            pixel_values_videos=torch.cat(pixels),
-            video_grid_thw=torch.stack(grids),
-            second_per_grid_ts=torch.tensor(seconds),
-            mm_token_type_ids=torch.tensor([types]),
-        )
-    pixels = []
-    for frames, _ in chunks:
-        batch = adapter.video_processor(videos=[frames], return_tensors="pt")
-        pixels.append(batch["pixel_values_videos"])
-        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-        per_frame = ((side + 1) // 2) ** 2
-        ids += [cfg.video_token_index] * (len(frames) * per_frame + 1)
-    ids += adapter.tokenize(adapter.question_text(question)).tolist()
-    del tok
-    return dict(
-        input_ids=torch.tensor([ids]),
-        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-        pixel_values_videos=torch.cat(pixels),
-    )
+    from transformers.video_utils import VideoMetadata
+
+    from ppllava_hermes.models.templates import conversation
+
+    processor = hf_processor(adapter)
+    text = processor.apply_chat_template(conversation(adapter.system_prompt, len(chunks), question),
+                                         tokenize=False, add_generation_prompt=True)
+    metadata = [VideoMetadata(total_num_frames=len(f), fps=1.0 / float(np.median(np.diff(t))),
+                              frames_indices=list(range(len(f)))) for f, t in chunks]
+    batch = processor(text=[text], videos=[f for f, _ in chunks], video_metadata=metadata, return_tensors="pt")
+    keep = ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts",
+            "mm_token_type_ids")
+    out = {k: batch[k] for k in keep if k in batch}
+    if "second_per_grid_ts" in out:
+        out["second_per_grid_ts"] = torch.as_tensor(out["second_per_grid_ts"], dtype=torch.float32)
+    return out

@@ -6,6 +6,9 @@ system prompt bit-identical, positions under the model maximum, memory unchanged
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -24,30 +27,50 @@ FAMILIES = ["qwen2_5_vl", "llava_onevision"]
 ANCHORS = 4
 
 
+@dataclass(frozen=True)
+class Case:
+    """One row of the policy matrix.
+
+    Attributes:
+        make: budget -> a fresh policy (test options: small headroom, a few anchors).
+        limit: (budget, system entries) -> the most entries a layer may hold between questions (None: no bound).
+        compresses: over the matrix's streams the budget is exceeded, so the policy must evict or merge.
+    """
+
+    make: Callable[[int], MemoryPolicy]
+    limit: Callable[[int, int], int | None]
+    compresses: bool = True
+
+
+def _bounded(extra: int = 0) -> Callable[[int, int], int]:
+    return lambda budget, system: system + budget + extra
+
+
+#: Every policy ``make_policy`` knows (test_registry_covers_every_policy checks it) plus variants.
+CASES: dict[str, Case] = {
+    "full": Case(lambda b: FullCache(), lambda b, s: None, compresses=False),
+    "window": Case(lambda b: make_policy("window", budget=b, headroom=64), _bounded()),
+    "sink": Case(lambda b: make_policy("sink", budget=b, headroom=64), _bounded()),
+    "hermes": Case(lambda b: make_policy("hermes", budget=b, anchors=ANCHORS, headroom=64), _bounded(ANCHORS)),
+    "hermes_eager": Case(lambda b: Hermes(budget=b, reindex="eager", anchors=ANCHORS, headroom=64), _bounded(ANCHORS)),
+    "snapkv": Case(lambda b: make_policy("snapkv", budget=b, headroom=64, reindex="eager"), _bounded()),
+    "uniform": Case(lambda b: make_policy("uniform", frames=4), lambda b, s: s, compresses=False),
+    "merge": Case(lambda b: make_policy("merge", threshold=0.5, headroom=64), lambda b, s: None, compresses=False),
+    "merge_hermes": Case(lambda b: make_policy("merge", budget=b, threshold=0.5, anchors=ANCHORS, headroom=64),
+                         _bounded(ANCHORS)),
+    "retrieval": Case(lambda b: make_policy("retrieval", budget=b, headroom=64), _bounded()),
+    "retrieval-tokens": Case(lambda b: make_policy("retrieval-tokens", budget=b, headroom=64), _bounded()),
+}
+NAMES = list(CASES)
+
+
 def build(name: str, budget: int) -> MemoryPolicy:
-    extra = {"hermes": {"anchors": ANCHORS, "headroom": 64}, "hermes_eager": {"anchors": ANCHORS, "headroom": 64},
-             "window": {"headroom": 64}, "sink": {"headroom": 64}, "snapkv": {"headroom": 64, "reindex": "eager"},
-             "uniform": {"frames": 4}, "retrieval": {"headroom": 64}}
-    if name == "hermes_eager":
-        return Hermes(budget=budget, reindex="eager", **extra[name])
-    if name == "uniform":
-        return make_policy("uniform", **extra[name])
-    if name == "merge":  # merge only: no budget of its own
-        return make_policy("merge", threshold=0.5, headroom=64)
-    if name == "merge_hermes":
-        return make_policy("merge", budget=budget, threshold=0.5, anchors=ANCHORS, headroom=64)
-    return make_policy(name, budget=budget, **extra.get(name, {}))
+    return CASES[name].make(budget)
 
 
 def limit_for(name: str, budget: int, system: int) -> int | None:
     """The most entries a layer may hold between questions."""
-    return {"full": None, "window": system + budget, "sink": system + budget, "hermes": system + budget + ANCHORS,
-            "hermes_eager": system + budget + ANCHORS, "snapkv": system + budget, "uniform": system, "merge": None,
-            "merge_hermes": system + budget + ANCHORS, "retrieval": system + budget}[name]
-
-
-NAMES = ["full", "window", "sink", "hermes", "hermes_eager", "snapkv", "uniform", "merge", "merge_hermes",
-         "retrieval"]
+    return CASES[name].limit(budget, system)
 
 
 def stream_and_check(family: str, name: str, budget: int, sizes: list[int], chunk_frames: int,
@@ -70,8 +93,9 @@ def stream_and_check(family: str, name: str, budget: int, sizes: list[int], chun
     return session
 
 
-def test_registry_has_every_policy():
-    assert set(POLICIES) == {"full", "window", "sink", "hermes", "uniform", "snapkv", "merge", "retrieval"}
+def test_registry_covers_every_policy():
+    """A policy added to the registry without a row here fails, so the matrix cannot fall behind."""
+    assert set(POLICIES) <= set(CASES), f"no matrix row for {sorted(set(POLICIES) - set(CASES))}"
     assert isinstance(make_policy("full"), FullCache)
     with pytest.raises(ValueError, match="unknown memory policy"):
         make_policy("lru", budget=10)
@@ -81,9 +105,9 @@ def test_registry_has_every_policy():
 @pytest.mark.parametrize("name", NAMES)
 def test_invariants_and_memory_restored_after_ask(family, name):
     session = stream_and_check(family, name, budget=24, sizes=[4] * 6, chunk_frames=4)
-    if name not in ("full", "uniform", "merge"):
+    if CASES[name].compresses:
         assert session.stats.compress_log, "the budget must have been exceeded"
-        assert max(r.evicted for r in session.stats.compress_log) > 0
+        assert max(r.evicted + r.merged for r in session.stats.compress_log) > 0
     before, position = session.cache.state(), session.next_position
     answer = session.ask("What now?", GenerationConfig(max_new_tokens=4))
     session.ask("And?", GenerationConfig(max_new_tokens=3, do_sample=True, seed=1, top_p=0.9))

@@ -76,9 +76,11 @@ def test_pooled_positions_contiguous_llava():
     session.add_frames(frames, times)
     layer = session.cache.layers[0]
     prefix = len(adapter.tokenize(adapter.prefix_text()))
-    # 8 frames of 3x3 -> 4 x 1 x 1 pooled tokens + the newline token, contiguous positions
-    assert layer.positions[0, prefix:].tolist() == list(range(prefix, prefix + 5))
-    assert layer.frame_ids[prefix:].tolist() == [0, 2, 4, 6, 6]
+    # 8 frames of 3x3 -> 4 x 1 x 1 pooled tokens + the newline token + the chat format's "\n" after a
+    # video, contiguous positions
+    assert len(adapter.after_video_ids()) == 1
+    assert layer.positions[0, prefix:].tolist() == list(range(prefix, prefix + 6))
+    assert layer.frame_ids[prefix:].tolist() == [0, 2, 4, 6, 6, 6]
 
 
 def test_relevance_weights_steer_pooled_token():

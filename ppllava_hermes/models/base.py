@@ -19,6 +19,7 @@ import torch
 from ..compat import cache_kwargs
 from ..memory.cache import TokenKind, TokenMeta
 from ..memory.rope import RopeSpec
+from .templates import PromptFrame, prompt_frame
 
 
 @dataclass
@@ -93,6 +94,19 @@ def load_processors(path):
     except (OSError, ValueError):
         video_processor = None
     return tokenizer, video_processor
+
+
+def load_chat_template(path) -> str | None:
+    """The chat template of the checkpoint's processor (``chat_template.json`` / ``.jinja``); None when the
+    folder has no multimodal processor or it has no template (the adapter then uses its family's format)."""
+    from transformers import AutoProcessor, ProcessorMixin
+
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except Exception:  # noqa: BLE001 - optional: a folder without a loadable processor uses the family's format
+        return None
+    template = getattr(processor, "chat_template", None) if isinstance(processor, ProcessorMixin) else None
+    return template if isinstance(template, str) else None
 
 
 def text_meta(length: int, start: int, pos_dims: int, kind: TokenKind, frame_id: int = -1) -> TokenMeta:
@@ -225,10 +239,43 @@ class VLMAdapter(LMAdapter):
 
     #: frames consumed per temporal group (Qwen2.5-VL: 2).
     frames_per_group: int = 1
+    #: what the family's chat template writes for one video part (``models/templates.py``).
+    video_text: str = ""
+    #: the family's published chat format, used when the checkpoint ships no template (None: the
+    #: ChatML frame of :class:`LMAdapter`).
+    default_chat_template: str | None = None
 
-    def __init__(self, model, tokenizer, video_processor, system_prompt: str = "You are a helpful assistant.") -> None:
+    def __init__(self, model, tokenizer, video_processor, system_prompt: str = "You are a helpful assistant.",
+                 chat_template: str | None = None) -> None:
         super().__init__(model, tokenizer, system_prompt)
         self.video_processor = video_processor
+        self.chat_template = chat_template or self.default_chat_template
+        self._frames: dict[tuple[str, str | None], PromptFrame] = {}
+
+    # ---- prompt format: the checkpoint's chat template, cut into the stream's pieces ------------
+    @property
+    def prompt_frame(self) -> PromptFrame:
+        """Prefix, text after each video and answer opening for the current system prompt
+        (:func:`templates.prompt_frame`; plain ChatML without a template)."""
+        key = (self.system_prompt, self.chat_template)
+        if key not in self._frames:
+            if self.chat_template is None:
+                self._frames[key] = PromptFrame(LMAdapter.prefix_text(self), "", LMAdapter.question_text(self, ""))
+            else:
+                self._frames[key] = prompt_frame(self.tokenizer, self.chat_template, self.video_text, self.system_prompt)
+        return self._frames[key]
+
+    def prefix_text(self) -> str:
+        """Text before the first video chunk: the system turn and the opening of the user turn."""
+        return self.prompt_frame.prefix
+
+    def question_text(self, question: str) -> str:
+        """Text after the video: the question, closing the user turn and opening the answer."""
+        return question + self.prompt_frame.answer_open
+
+    def after_video_ids(self) -> torch.Tensor:
+        """``(k,)`` ids of the text the chat format writes after each video (part of each chunk)."""
+        return self.tokenize(self.prompt_frame.after_video)
 
     def save_pretrained(self, path) -> None:
         """Save model, tokenizer and video processor in one folder that ``from_pretrained`` reloads."""
@@ -249,6 +296,7 @@ class VLMAdapter(LMAdapter):
         if device:
             model = model.to(device)
         tokenizer, video_processor = load_processors(path)
+        kwargs.setdefault("chat_template", load_chat_template(path))
         return cls(model, tokenizer, video_processor, **kwargs)
 
     # ---- family-specific: video -----------------------------------------------------------------

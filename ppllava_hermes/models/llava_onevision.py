@@ -1,7 +1,9 @@
 """Adapter for LLaVA-OneVision (SigLIP tower, projector, 2x bilinear pooling, Qwen2 LM with 1-D RoPE).
 
 A chunk of T frames becomes the model's own video layout: T x h x w tokens followed by one newline
-token, with contiguous 1-D positions. Knows nothing of streaming, memory policies or pooling.
+token, with contiguous 1-D positions, then the text the chat format writes after a video (the
+published format: a newline; part of the chunk, so a memory drops it with the chunk's frames). Knows
+nothing of streaming, memory policies or pooling.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 
 from ..memory.cache import TokenKind, TokenMeta
 from .base import Segment, VisualTokens, VLMAdapter
+from .templates import LLAVA_ONEVISION_CHAT_TEMPLATE
 
 
 class LlavaOnevisionAdapter(VLMAdapter):
@@ -21,6 +24,8 @@ class LlavaOnevisionAdapter(VLMAdapter):
     pos_dims = 1
     frames_per_group = 1
     family = "llava_onevision"
+    video_text = "<video>"
+    default_chat_template = LLAVA_ONEVISION_CHAT_TEMPLATE
 
     def __init__(self, model, tokenizer, video_processor=None, **kwargs) -> None:
         if video_processor is None:
@@ -52,11 +57,13 @@ class LlavaOnevisionAdapter(VLMAdapter):
         per_frame = (out.shape[0] - 1) // t
         side = int(round(per_frame**0.5))
         features = out[: t * per_frame].reshape(t, side, side, -1)
+        # the model's newline feature, then the chat format's text after a video (its embeddings)
+        suffix = torch.cat([out[t * per_frame :], self.embed_ids(self.after_video_ids()).to(out.dtype)])
         ts = np.asarray(timestamps, dtype=np.float64)
         step = float(np.median(np.diff(ts))) if t > 1 else 1.0
         return VisualTokens(
             features=features,
-            suffix=out[t * per_frame :],
+            suffix=suffix,
             group_times=torch.as_tensor(ts),
             group_frame_ids=first_frame_id + torch.arange(t, dtype=torch.long),
             seconds_per_group=step,

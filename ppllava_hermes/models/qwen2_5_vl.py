@@ -15,6 +15,7 @@ import torch
 
 from ..memory.cache import TokenKind, TokenMeta
 from .base import Segment, VisualTokens, VLMAdapter
+from .templates import QWEN2_VL_CHAT_TEMPLATE
 
 DEFAULT_FPS = 1.0
 
@@ -33,6 +34,8 @@ class Qwen2_5_VLAdapter(VLMAdapter):
 
     pos_dims = 3
     family = "qwen2_5_vl"
+    video_text = "<|vision_start|><|video_pad|><|vision_end|>"
+    default_chat_template = QWEN2_VL_CHAT_TEMPLATE
 
     def __init__(self, model, tokenizer, video_processor=None, **kwargs) -> None:
         if video_processor is None:
