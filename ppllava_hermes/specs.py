@@ -6,11 +6,11 @@ the plugins' own commands, so ``--model`` means the same everywhere.
 Model specs (``--model``, lmms-eval ``pretrained=``), one syntax:
 
 * a registered name, optionally ``NAME:ARG`` where the entry takes an argument: ``tiny-qwen2.5-vl``,
-  ``tiny-llava-onevision`` (random tiny models: the pipeline and its timings, answers are noise), and
-  the plugins' names, e.g. ``shapesworld`` / ``shapesworld:PATH`` (the ShapesWorld model);
+  ``tiny-qwen3-vl``, ``tiny-llava-onevision`` (random tiny models: the pipeline and its timings, answers
+  are noise), and the plugins' names, e.g. ``shapesworld`` / ``shapesworld:PATH`` (the ShapesWorld model);
 * a checkpoint folder (``config.json`` with a supported ``model_type``), or a hub id ``ORG/NAME``.
 
-Old spellings stay accepted as aliases: ``tiny:qwen2_5_vl``, ``tiny:llava_onevision``.
+Old spellings stay accepted as aliases: ``tiny:qwen2_5_vl``, ``tiny:qwen3_vl``, ``tiny:llava_onevision``.
 
 Relevance specs (``--clip``): ``none`` (no scorer: average pooling), ``tiny`` (a random tiny open_clip),
 the plugins' names (``shapesworld[:PATH]``), a folder a plugin claims, or a Hugging Face CLIP / SigLIP
@@ -418,7 +418,9 @@ def _tiny_model(family: str):
         from . import testing
         from .models import adapter_for_model
 
-        net, tok = (testing.tiny_qwen2_5_vl if family == "qwen2_5_vl" else testing.tiny_llava_onevision)()
+        build = {"qwen2_5_vl": testing.tiny_qwen2_5_vl, "qwen3_vl": testing.tiny_qwen3_vl,
+                 "llava_onevision": testing.tiny_llava_onevision}[family]
+        net, tok = build()
         if device:
             net = net.to(device)
         return adapter_for_model(net, tok)
@@ -444,6 +446,8 @@ def _tiny_relevance(_arg: str | None, frames_per_token: int):
 _RANDOM = "is a tiny RANDOM model: its answers are noise; it shows the pipeline and timings."
 MODELS.register("tiny-qwen2.5-vl", ModelEntry(_tiny_model("qwen2_5_vl"), "random tiny Qwen2.5-VL", note=_RANDOM),
                 aliases=("tiny:qwen2_5_vl", "tiny:qwen2.5-vl"))
+MODELS.register("tiny-qwen3-vl", ModelEntry(_tiny_model("qwen3_vl"), "random tiny Qwen3-VL", note=_RANDOM),
+                aliases=("tiny:qwen3_vl", "tiny:qwen3-vl"))
 MODELS.register("tiny-llava-onevision",
                 ModelEntry(_tiny_model("llava_onevision"), "random tiny LLaVA-OneVision", note=_RANDOM),
                 aliases=("tiny:llava_onevision", "tiny:llava-onevision"))

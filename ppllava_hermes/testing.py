@@ -178,3 +178,85 @@ def tiny_llava_onevision(
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
     return model, tokenizer
+
+
+def tiny_qwen3_vl(
+    *,
+    hidden_size: int = 32,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    head_dim: int = 16,
+    vision_depth: int = 2,
+    vision_hidden: int = 32,
+    deepstack_layers: tuple[int, ...] = (0, 1),
+    num_experts: int = 0,
+    max_position_embeddings: int = 32768,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+):
+    """A random Qwen3-VL (the real HF class) with a tiny config, plus its offline tokenizer.
+
+    As the real model: patch 16, spatial merge 2, temporal patch 2, interleaved M-RoPE with
+    ``mrope_section`` in the real proportions (24:20:20 of ``head_dim / 2``), q/k norms, and DeepStack:
+    the vision blocks ``deepstack_layers`` feed the first ``len(deepstack_layers)`` decoder layers.
+    ``head_dim`` is set apart from ``hidden_size / num_heads`` (Qwen3 allows it) so that the interleaved
+    layout has both interleaved and t-only frequencies. ``num_experts > 0`` builds the MoE member instead
+    (``Qwen3VLMoeForConditionalGeneration``: the same vision tower, DeepStack and RoPE, a sparse MoE block
+    in every decoder layer, 2 experts per token). Returns ``(model, tokenizer)``, eval mode, fp32.
+    """
+    from transformers import (
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLMoeConfig,
+        Qwen3VLMoeForConditionalGeneration,
+    )
+
+    tokenizer = tokenizer or byte_tokenizer()
+    half = head_dim // 2
+    hw_sec = max(1, round(half * 20 / 64))
+    config_cls, model_cls = ((Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration) if num_experts
+                             else (Qwen3VLConfig, Qwen3VLForConditionalGeneration))
+    moe = dict(num_experts=num_experts, num_experts_per_tok=min(2, num_experts), moe_intermediate_size=hidden_size,
+               decoder_sparse_step=1) if num_experts else {}
+    config = config_cls(
+        text_config=dict(
+            **moe,
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            head_dim=head_dim,
+            max_position_embeddings=max_position_embeddings,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                             "mrope_section": [half - 2 * hw_sec, hw_sec, hw_sec], "mrope_interleaved": True},
+            bos_token_id=_special_id(tokenizer, "<|endoftext|>"),
+            eos_token_id=_special_id(tokenizer, "<|im_end|>"),
+            pad_token_id=_special_id(tokenizer, "<|endoftext|>"),
+        ),
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=vision_hidden * 2,
+            num_heads=4,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            out_hidden_size=hidden_size,
+            num_position_embeddings=64,
+            deepstack_visual_indexes=list(deepstack_layers),
+        ),
+        image_token_id=_special_id(tokenizer, "<|image_pad|>"),
+        video_token_id=_special_id(tokenizer, "<|video_pad|>"),
+        vision_start_token_id=_special_id(tokenizer, "<|vision_start|>"),
+        vision_end_token_id=_special_id(tokenizer, "<|vision_end|>"),
+    )
+    config._attn_implementation = attn_implementation
+    config.text_config._attn_implementation = attn_implementation
+    config.vision_config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    return model, tokenizer

@@ -14,10 +14,10 @@ from .memory_helpers import adapter
 HEAD_DIM = 16
 
 
-def spec(mrope: bool, scaling: float = 1.0) -> RopeSpec:
+def spec(mrope: bool, scaling: float = 1.0, interleaved: bool = False) -> RopeSpec:
     inv_freq = 1.0 / (10000.0 ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float) / HEAD_DIM))
     return RopeSpec(inv_freq=inv_freq, mrope_section=(2, 3, 3) if mrope else None,
-                    attention_scaling=scaling, max_position_embeddings=32768)
+                    attention_scaling=scaling, max_position_embeddings=32768, mrope_interleaved=interleaved)
 
 
 def random_positions(n: int, pos_dims: int, high: int, seed: int) -> torch.Tensor:
@@ -28,6 +28,35 @@ def random_positions(n: int, pos_dims: int, high: int, seed: int) -> torch.Tenso
 def test_frequency_axes_follow_mrope_sections():
     assert frequency_axes(spec(True)).tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
     assert frequency_axes(spec(False)).tolist() == [0] * 8
+
+
+def test_interleaved_frequency_axes_follow_qwen3_vl():
+    """Qwen3-VL's recomposition: h on 1, 4, .. below 3*h_sec, w on 2, 5, .. below 3*w_sec, t elsewhere."""
+    assert frequency_axes(spec(True, interleaved=True)).tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
+    real = RopeSpec(inv_freq=torch.ones(64), mrope_section=(24, 20, 20), attention_scaling=1.0,
+                    max_position_embeddings=262144, mrope_interleaved=True)
+    axes = frequency_axes(real)
+    assert axes[:60].tolist() == [0, 1, 2] * 20 and axes[60:].tolist() == [0] * 4
+    assert [int((axes == a).sum()) for a in range(3)] == [24, 20, 20]
+
+
+def test_rotate_matches_qwen3_vl_interleaved_rotary_embedding():
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
+
+    from ppllava_hermes.models import adapter_for_model
+    from ppllava_hermes.testing import tiny_qwen3_vl
+
+    ad = adapter_for_model(*tiny_qwen3_vl())
+    rope = ad.rope_spec()
+    assert rope.mrope_interleaved
+    keys = torch.randn(1, 2, 24, 2 * rope.inv_freq.shape[0], generator=torch.Generator().manual_seed(0))
+    pos = random_positions(24, 3, 60, seed=1)
+    cos, sin = ad.language_model.rotary_emb(keys, pos.unsqueeze(1))
+    _, expected = apply_rotary_pos_emb(keys, keys, cos, sin)
+    torch.testing.assert_close(rotate(keys, pos, rope), expected, atol=1e-5, rtol=0)
+    # The contiguous layout would not match: the test tells the two apart.
+    contiguous = rotate(keys, pos, RopeSpec(rope.inv_freq, rope.mrope_section, 1.0, 32768))
+    assert not torch.allclose(contiguous, expected, atol=1e-3)
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
@@ -48,10 +77,10 @@ def test_rotate_matches_the_models_own_rotary_embedding(family):
     torch.testing.assert_close(rotate(keys, pos, rope), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("mrope", [False, True], ids=["rope", "mrope"])
+@pytest.mark.parametrize("mrope", [False, True, "interleaved"], ids=["rope", "mrope", "imrope"])
 @pytest.mark.parametrize("scaling", [1.0, 0.7])
 def test_rerotated_key_equals_key_rotated_at_new_position(mrope, scaling):
-    rope = spec(mrope, scaling)
+    rope = spec(bool(mrope), scaling, interleaved=mrope == "interleaved")
     pos_dims = 3 if mrope else 1
     keys = torch.randn(2, 3, 64, HEAD_DIM, generator=torch.Generator().manual_seed(2))
     old = random_positions(64, pos_dims, 30000, seed=3)
@@ -60,8 +89,9 @@ def test_rerotated_key_equals_key_rotated_at_new_position(mrope, scaling):
     torch.testing.assert_close(moved, rotate(keys, new, rope), atol=1e-5, rtol=0)
 
 
-def test_mrope_sections_rotate_by_their_own_delta_only():
-    rope = spec(True)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["mrope", "imrope"])
+def test_mrope_sections_rotate_by_their_own_delta_only(interleaved):
+    rope = spec(True, interleaved=interleaved)
     keys = torch.randn(1, 1, 5, HEAD_DIM, generator=torch.Generator().manual_seed(5))
     old = random_positions(5, 3, 100, seed=6)
     new = old.clone()

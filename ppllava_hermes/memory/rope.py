@@ -2,7 +2,7 @@
 
 Pure functions of tensors and a :class:`RopeSpec` (defined here: the memory needs it, and models/ builds it). They know nothing of
 caches, policies, video or a model family beyond the rotation convention every supported family shares
-(HF Llama / Qwen2 / Qwen2.5-VL):
+(HF Llama / Qwen2 / Qwen2.5-VL / Qwen3-VL):
 
 - a key of ``head_dim`` D is split in halves ``[x1, x2]``; frequency ``j`` (``0 <= j < D/2``) rotates
   the pair ``(x1[j], x2[j])`` by the angle ``position * inv_freq[j]``:
@@ -10,7 +10,11 @@ caches, policies, video or a model family beyond the rotation convention every s
   and the model multiplies ``cos`` and ``sin`` by ``attention_scaling``;
 - M-RoPE (Qwen2.5-VL) takes frequency ``j``'s position from one axis: the first ``mrope_section[0]``
   frequencies from t, the next ``mrope_section[1]`` from h, the rest from w (the layout of
-  ``Qwen2_5_VLRotaryEmbedding.recomposition_frequencies``).
+  ``Qwen2_5_VLRotaryEmbedding.recomposition_frequencies``);
+- interleaved M-RoPE (Qwen3-VL, ``mrope_interleaved``): the axes take turns, frequency ``j`` follows
+  ``j % 3`` (t, h, w) while ``j < 3 * mrope_section[1]`` (h) / ``j < 3 * mrope_section[2]`` (w), and t
+  drives every frequency left over (the layout of ``Qwen3VLTextRotaryEmbedding.recomposition_frequencies``:
+  with the real ``(24, 20, 20)`` of 64 frequencies, ``t h w t h w ... t h w t t t t``).
 
 Rotations compose, ``rot(p + d) = rot(d) . rot(p)``, so a key already rotated at ``p`` moves to ``q`` by
 the unscaled rotation of ``q - p``: no need to know the key before rotation. Angles are computed in
@@ -33,12 +37,15 @@ class RopeSpec:
         mrope_section: M-RoPE frequencies per axis (t, h, w), or None for 1-D RoPE.
         attention_scaling: factor the model applies to cos and sin.
         max_position_embeddings: the model's position limit.
+        mrope_interleaved: the sections' frequencies are interleaved (Qwen3-VL) rather than contiguous
+            (Qwen2-VL / Qwen2.5-VL); see :func:`frequency_axes`.
     """
 
     inv_freq: torch.Tensor
     mrope_section: tuple[int, ...] | None
     attention_scaling: float
     max_position_embeddings: int
+    mrope_interleaved: bool = False
 
 
 def frequency_axes(rope: RopeSpec) -> torch.Tensor:
@@ -50,6 +57,15 @@ def frequency_axes(rope: RopeSpec) -> torch.Tensor:
     if rope.mrope_section is None:
         return torch.zeros(half, dtype=torch.long)
     section = list(rope.mrope_section)
+    if rope.mrope_interleaved:
+        if len(section) != 3:
+            raise ValueError(f"interleaved mrope_section must have 3 entries (t, h, w), got {tuple(section)}")
+        # t everywhere, then h on 1, 4, 7, ... below 3*section[1] and w on 2, 5, 8, ... below 3*section[2]:
+        # the same slices as the model's recomposition, clipped to head_dim/2 the same way.
+        axes = torch.zeros(half, dtype=torch.long)
+        for axis in (1, 2):
+            axes[axis : 3 * section[axis] : 3] = axis
+        return axes
     if sum(section) != half:
         raise ValueError(f"mrope_section {tuple(section)} must add up to head_dim/2 = {half}")
     # Section i uses axis i % 3, as in recomposition_frequencies.

@@ -7,10 +7,13 @@ from pathlib import Path
 from .base import RopeSpec, Segment, VisualTokens, VLMAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_5_vl import Qwen2_5_VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 
 ADAPTERS = {
     "qwen2_5_vl": Qwen2_5_VLAdapter,
     "qwen2_vl": Qwen2_5_VLAdapter,
+    "qwen3_vl": Qwen3VLAdapter,
+    "qwen3_vl_moe": Qwen3VLAdapter,
     "llava_onevision": LlavaOnevisionAdapter,
 }
 
@@ -42,6 +45,7 @@ __all__ = [
     "ADAPTERS",
     "LlavaOnevisionAdapter",
     "Qwen2_5_VLAdapter",
+    "Qwen3VLAdapter",
     "RopeSpec",
     "Segment",
     "VLMAdapter",
