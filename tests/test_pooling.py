@@ -1,4 +1,4 @@
-"""PromptGuidedPooling: window arithmetic, hand-computed values, padding policies, save/load."""
+"""PromptGuidedPooling: window arithmetic, hand-computed values, padding policies, save/load; UniformDrop."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ppllava_hermes.pooling import (
     IMAGE_KERNEL,
     PoolingConfig,
     PromptGuidedPooling,
+    UniformDrop,
     average_pool,
 )
 
@@ -290,3 +291,35 @@ def test_target_config_round_trips(tmp_path):
     pool.save_pretrained(tmp_path)
     loaded = PromptGuidedPooling.from_pretrained(tmp_path)
     assert loaded.config.target == (2, 4, 4) and loaded.config.kernel is None
+
+
+# --- uniform dropping -------------------------------------------------------------------------
+
+
+def test_uniform_drop_keeps_one_token_per_window_at_the_same_place():
+    grid, kernel = (2, 4, 4), (1, 2, 2)
+    x = one_hot_features(grid, batch=2)
+    out = UniformDrop(kernel)(x)
+    pooled = PromptGuidedPooling(PoolingConfig(kernel=kernel))(x)
+    assert out.grid == pooled.grid == (2, 2, 2) and out.features.shape == pooled.features.shape
+    # the centre (k // 2) of each window: token (t, 2h + 1, 2w + 1), an input token bit for bit
+    expected = torch.tensor([[[(t * 4 + 2 * h + 1) * 4 + 2 * w + 1 for w in range(2)] for h in range(2)]
+                             for t in range(2)])
+    assert torch.equal(out.source_index, expected.expand(2, -1, -1, -1))
+    assert torch.equal(out.tokens, x.flatten(1, 3)[:, expected.flatten()])
+    assert torch.equal(out.window_weights.sum(-1), torch.ones(2, 2, 2, 2))
+    assert torch.equal(out.window_weights.argmax(-1), torch.full((2, 2, 2, 2), 3))  # (0, 1, 1) in the window
+
+
+def test_uniform_drop_offset_whole_frame_and_errors():
+    x = torch.randn(1, 4, 4, 4, 3)
+    out = UniformDrop((2, 4, 4), offset=(0, 0, 0))(x)
+    assert out.grid == (2, 1, 1) and torch.equal(out.features, x[:, 0::2, :1, :1])
+    flat = UniformDrop((1, 4, 4))(x.flatten(1, 3), grid=(4, 4, 4))
+    assert flat.grid == (4, 1, 1) and torch.equal(flat.features[:, :, 0, 0], x[:, :, 2, 2])
+    with pytest.raises(ValueError, match="does not fit"):
+        UniformDrop((1, 3, 3))(x)
+    with pytest.raises(ValueError, match="inside the kernel"):
+        UniformDrop((1, 2, 2), offset=(0, 2, 0))
+    with pytest.raises(ValueError, match="no relevance weights"):
+        UniformDrop((1, 2, 2))(x, torch.rand(1, 4, 4, 4))

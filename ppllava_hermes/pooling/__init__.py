@@ -4,7 +4,8 @@ Stage between vision encoding and the LLM: features + token grid + prompt in, po
 out. It knows nothing of the KV memory or the LLM.
 
 - :mod:`.relevance`: CLIP-family scorer, prompt -> weights ``(batch, T, H, W)`` over the VLM token grid.
-- :mod:`.pool`: weighted 3-D pooling ``(batch, T, H, W, dim) -> (batch, T', H', W', dim)``.
+- :mod:`.pool`: weighted 3-D pooling ``(batch, T, H, W, dim) -> (batch, T', H', W', dim)``, and
+  :class:`UniformDrop` (keep one token per window: the dropping baseline at the same token count).
 - :mod:`.text_extension`: long prompts (77 -> 248 text positions, asymmetric extension).
 - :mod:`.testing`: tiny random CLIP models and an offline tokenizer (not re-exported).
 """
@@ -16,6 +17,7 @@ from .pool import (
     PooledOutput,
     PoolingConfig,
     PromptGuidedPooling,
+    UniformDrop,
     average_pool,
 )
 from .relevance import (
@@ -46,6 +48,7 @@ __all__ = [
     "RelevanceConfig",
     "RelevanceScorer",
     "TextExtensionConfig",
+    "UniformDrop",
     "VideoPatchFeatures",
     "average_pool",
     "extend_text_context",

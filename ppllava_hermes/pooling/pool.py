@@ -11,6 +11,9 @@ accepted with an explicit ``grid``.
 This module knows nothing of CLIP, prompts, the LLM or its KV memory: features + relevance weights +
 grid in, pooled features + grid out. With ``weights=None`` it is plain 3-D average pooling (the
 no-query mode, used when no question is known yet).
+
+:class:`UniformDrop` is the comparison baseline that pools nothing: one token kept per window, always at
+the same place in it (the same output grid and token count as pooling with that kernel).
 """
 
 from __future__ import annotations
@@ -422,3 +425,52 @@ def average_pool(
     """Reference no-query pooling with ``F.avg_pool3d``: ``(B, T, H, W, D) -> (B, T', H', W', D)``."""
     pooled = F.avg_pool3d(features.permute(0, 4, 1, 2, 3), kernel, stride or kernel)
     return pooled.permute(0, 2, 3, 4, 1)
+
+
+class UniformDrop(nn.Module):
+    """Uniform token dropping, the no-pooling baseline at a pooling kernel's token count.
+
+    Each ``(kt, kh, kw)`` window of the grid (non-overlapping, stride = kernel) keeps one token, always
+    the one at the same ``offset`` inside the window, and drops the others: a strided subsample
+    ``x[:, ot::kt, oh::kh, ow::kw]`` that keeps every ``kt*kh*kw``-th token, evenly spread in space and
+    time. The output grid, token count and :class:`PooledOutput` fields are those of
+    :class:`PromptGuidedPooling` with the same kernel, so it drops in wherever that module goes
+    (``streaming.pooling_stage.pool_visual``, ``PoolingStage`` without a scorer). No arithmetic on the
+    kept tokens: each is an input token, bit for bit. Not part of PPLLaVA; a comparison baseline (ours).
+
+    Args:
+        kernel: window ``(kt, kh, kw)``; it must tile the grid exactly (ValueError otherwise).
+        offset: position ``(ot, oh, ow)`` of the kept token in its window, each in ``[0, k)``; default
+            the window's centre ``k // 2`` per axis (the first token on an axis of 1).
+    """
+
+    def __init__(self, kernel: Triple, offset: Triple | None = None) -> None:
+        super().__init__()
+        self.kernel: Triple = _triple(kernel, "kernel")  # type: ignore[assignment]
+        self.offset: Triple = tuple(k // 2 for k in self.kernel) if offset is None else tuple(offset)  # type: ignore[assignment]
+        if len(self.offset) != 3 or any(not 0 <= o < k for o, k in zip(self.offset, self.kernel, strict=True)):
+            raise ValueError(f"offset {self.offset} must lie inside the kernel {self.kernel} on every axis")
+
+    def output_grid(self, grid: Triple) -> Triple:
+        """``(T/kt, H/kh, W/kw)``; ValueError when the kernel does not tile ``grid``."""
+        return tuple(_plan_axis("error", grid, self.kernel, self.kernel, i)[0] for i in range(3))  # type: ignore[return-value]
+
+    def forward(
+        self, features: torch.Tensor, weights: torch.Tensor | None = None, grid: Triple | None = None
+    ) -> PooledOutput:
+        """Keep one token per window of ``features`` ``(batch, T, H, W, dim)`` (or flat with ``grid``).
+
+        ``weights`` must be None: dropping ignores the prompt, and silently ignoring relevance weights
+        would hide a configuration error.
+        """
+        if weights is not None:
+            raise ValueError("uniform dropping takes no relevance weights (use PromptGuidedPooling for those)")
+        x = PromptGuidedPooling._as_grid(features, grid)
+        batch, t, h, w, _ = x.shape
+        out_grid = self.output_grid((t, h, w))
+        (kt, kh, kw), (ot, oh, ow) = self.kernel, self.offset
+        kept = x[:, ot::kt, oh::kh, ow::kw]
+        index = torch.arange(t * h * w, device=x.device).view(1, t, h, w)[:, ot::kt, oh::kh, ow::kw]
+        one_hot = x.new_zeros((batch, *out_grid, kt * kh * kw), dtype=torch.float32)
+        one_hot[..., (ot * kh + oh) * kw + ow] = 1.0
+        return PooledOutput(kept, out_grid, self.kernel, self.kernel, one_hot, index.expand(batch, -1, -1, -1))
