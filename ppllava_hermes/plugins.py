@@ -15,7 +15,9 @@ Registries (each maps a name to an entry):
   style, training clips); the file-based loaders of ``evaluation.loaders`` are not entries;
 * :data:`PROMPT_STYLES`: ``record -> prompt text`` beyond the evaluator's own "letters" and "plain";
 * :data:`FRAME_SOURCES`: records whose frames are rendered, not read from a file (:class:`FrameSource`);
-* :data:`COMMANDS`: extra ``ppllava-hermes`` subcommands (:class:`Command`, e.g. ``demo``).
+* :data:`COMMANDS`: extra ``ppllava-hermes`` subcommands (:class:`Command`, e.g. ``demo``);
+* :data:`DATA_WRITERS`: writers of generated benchmark data in released formats, ``(BriefPaths,
+  BriefDataConfig) -> {name: count}`` (``eval --suite brief --data NAME``; ``evaluation.brief_data``).
 
 What this module does not know: any entry's content (it imports nothing of the library at import time).
 """
@@ -197,6 +199,7 @@ BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
 PROMPT_STYLES: Registry[Callable[[QARecord], str]] = Registry("prompt style")
 FRAME_SOURCES: Registry[FrameSource] = Registry("frame source")
 COMMANDS: Registry[Command] = Registry("command")
+DATA_WRITERS: Registry[Callable[..., dict[str, int]]] = Registry("data writer")
 
 # ------------------------------------------------------------------------------------------ loading
 

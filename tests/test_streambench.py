@@ -10,11 +10,8 @@ bad breakpoints (class "XX", no answer, time "soon"), entry 6 is not an object. 
 from __future__ import annotations
 
 import json
-import threading
-import time
 import warnings
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,8 @@ from ppllava_hermes.evaluation.streambench_scoring import (
     streambench_markdown,
     streambench_summary,
 )
+
+from .judge_server import Chat, judge_server
 
 FIXTURE = Path(__file__).parent / "fixtures" / "streambench_v0.3_sample.json"
 
@@ -245,51 +244,15 @@ def test_the_documented_judge_prompt_is_the_one_sent() -> None:
 # -------------------------------------------------------------- the real client against a stand-in server
 
 
-class _Chat(BaseHTTPRequestHandler):
-    """OpenAI-compatible stand-in: each reply is (status, content or payload, delay seconds)."""
-
-    replies: list[tuple[int, Any, float]] = []
-    calls = 0
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).calls += 1
-        status, payload, delay = type(self).replies.pop(0) if type(self).replies else (200, "yes", 0.0)
-        time.sleep(delay)
-        if isinstance(payload, str):
-            payload = {"choices": [{"message": {"role": "assistant", "content": payload}}]}
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def chat_server() -> Iterator[str]:
-    _Chat.replies, _Chat.calls = [], 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Chat)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with judge_server() as (url, _):
+        yield url
 
 
 def test_openai_judge_end_to_end(chat_server: str) -> None:
     records = load().records[:4]
-    _Chat.replies = [
+    Chat.replies = [
         (200, "{'llama_pred': 'yes', 'score': 4}", 0.0),  # StreamChat's own reply style (a Python dict)
         (500, {"error": "busy"}, 0.0),  # retried ...
         (200, '{"correct": "no", "score": 2}', 0.0),  # ... then answered
@@ -299,7 +262,7 @@ def test_openai_judge_end_to_end(chat_server: str) -> None:
     judge = OpenAIJudge(chat_server, "judge", timeout=0.3, max_retries=1, retry_delay=0)
     preds = {r.qid: "some answer" for r in records}
     # the last record's timeout uses both tries; give its retry the same slow reply
-    _Chat.replies.append((200, "too late", 1.0))
+    Chat.replies.append((200, "too late", 1.0))
     judgements = judge_streambench(records, preds, judge)
     assert [(j.correct, j.score) for j in judgements[:2]] == [(True, 4.0), (False, 2.0)]
     assert judgements[2].error is not None and "no yes/no verdict" in judgements[2].error

@@ -22,6 +22,15 @@
 
 Videos: the candidates' ids are scored, each must have references; references without a candidate are
 counted (``n_missing``) and not scored. An empty candidate is scored (it gets 0, not a crash).
+
+**Comparing configurations** (:func:`caption_comparison`): several candidate sets of the same videos
+(one per configuration) are tokenised together, once, and scored as above; against a reference set
+each gets the differences of BLEU-4, ROUGE-L and CIDEr-D with paired bootstrap intervals over videos
+(:mod:`.bootstrap`: the same draw of videos for both sets and all three metrics). Per resample, BLEU-4
+is recomputed as the corpus BLEU of the drawn videos (pycocoevalcap's formula, from each video's n-gram
+matches, candidate length and closest reference length: :func:`bleu_stats`, :func:`corpus_bleu4`);
+ROUGE-L and CIDEr-D are the means of the drawn videos' own scores, CIDEr-D's document frequencies held
+at those of all scored videos (so each interval is of exactly the difference the table reports).
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from ..compat import MissingExtraError
 from .records import QARecord
@@ -179,6 +190,17 @@ def caption_metrics(
     """
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"tokenizer {tokenizer!r} not in {TOKENIZERS}")
+    _check_candidates(references, candidates)
+    _coco()
+    notes: list[str] = []
+    ids = list(candidates)
+    gts, used = _tokenize({v: list(references[v]) for v in ids}, tokenizer, notes)
+    res, _ = _tokenize({v: [candidates[v]] for v in ids}, used, notes)
+    return _scores_of_tokenized(gts, res, ids, used, notes, meteor=meteor,
+                                n_missing=sum(1 for v in references if v not in candidates))
+
+
+def _check_candidates(references: Mapping[str, Sequence[str]], candidates: Mapping[str, str]) -> None:
     if not candidates:
         raise ValueError("caption_metrics: no candidate captions to score")
     for vid, cand in candidates.items():
@@ -189,15 +211,16 @@ def caption_metrics(
             raise ValueError(f"candidate caption of {vid!r}: no reference captions for this video")
         if isinstance(refs, str) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
             raise ValueError(f"references of {vid!r}: expected a non-empty list of non-empty strings")
-    _coco()
+
+
+def _scores_of_tokenized(gts: dict[Any, list[str]], res: dict[Any, list[str]], ids: list[str], used: str,
+                         notes: list[str], *, meteor: bool | None, n_missing: int) -> CaptionScores:
+    """:class:`CaptionScores` of already tokenised references (``gts``) and candidates (``res``)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    notes: list[str] = []
-    ids = list(candidates)
-    gts, used = _tokenize({v: list(references[v]) for v in ids}, tokenizer, notes)
-    res, _ = _tokenize({v: [candidates[v]] for v in ids}, used, notes)
+    notes = list(notes)
     bleu, bleu_per = Bleu(4).compute_score(gts, res, verbose=0)
     rouge, rouge_per = Rouge().compute_score(gts, res)
     cider, cider_per = Cider().compute_score(gts, res)
@@ -220,7 +243,7 @@ def caption_metrics(
         per_video[vid] = row
     return CaptionScores(
         n=len(ids),
-        n_missing=sum(1 for v in references if v not in candidates),
+        n_missing=n_missing,
         bleu=(float(bleu[0]), float(bleu[1]), float(bleu[2]), float(bleu[3])),
         rouge_l=float(rouge),
         cider=float(cider),
@@ -256,3 +279,95 @@ def caption_metrics_for_records(
         note = f"{len(failed)} video(s) had no caption from the model and score as an empty caption"
         scores = replace(scores, notes=(*scores.notes, note))
     return scores
+
+
+# ------------------------------------------------------------------------------ comparing configurations
+
+_TINY, _SMALL = 1e-15, 1e-9  # pycocoevalcap BleuScorer's guards against 0 / 0
+
+
+def bleu_stats(references: Sequence[Sequence[str]], candidates: Sequence[str]) -> np.ndarray:
+    """``(n, 10)`` per-video BLEU statistics of tokenised captions, as pycocoevalcap's ``BleuScorer`` cooks
+    them: candidate length, closest reference length, n-gram guesses (n = 1..4), clipped matches (1..4)."""
+    from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
+
+    rows = []
+    for refs, cand in zip(references, candidates, strict=True):
+        cooked = cook_test(cand, cook_refs(list(refs)), eff="closest")
+        rows.append([cooked["testlen"], cooked["reflen"], *cooked["guess"], *cooked["correct"]])
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), 10)
+
+
+def corpus_bleu4(totals: np.ndarray) -> np.ndarray:
+    """Corpus BLEU-4 of summed :func:`bleu_stats` (``(..., 10)``: any leading shape), pycocoevalcap's formula:
+    the geometric mean of the four smoothed precisions times the brevity penalty ``exp(1 - r / c)`` when
+    the candidates are shorter than the closest references."""
+    totals = np.asarray(totals, dtype=np.float64)
+    testlen, reflen = totals[..., 0], totals[..., 1]
+    guess, correct = totals[..., 2:6], totals[..., 6:10]
+    bleu = np.prod((correct + _TINY) / (guess + _SMALL), axis=-1) ** 0.25
+    ratio = (testlen + _TINY) / (reflen + _SMALL)
+    return np.where(ratio < 1, bleu * np.exp(1 - 1 / ratio), bleu)
+
+
+def caption_comparison(
+    references: Mapping[str, Sequence[str]],
+    candidates: Mapping[str, Mapping[str, str]],
+    reference: str,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    tokenizer: str = "auto",
+    level: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Caption metrics of several candidate sets of the same videos, and paired intervals against one.
+
+    ``candidates`` maps a label (a configuration) to ``{video: caption}``; every set must caption the same
+    videos as ``candidates[reference]``. Returns ``{label: {"scores": CaptionScores.as_dict(),
+    "vs_reference": {"bleu4" | "rouge_l" | "cider": {"diff", "ci95"}}}}`` (``vs_reference`` empty for the
+    reference itself); see the module docstring for how each interval is resampled. METEOR is not
+    computed here. ``ValueError`` as :func:`caption_metrics`, and for a set of other videos or an unknown
+    ``reference``.
+    """
+    from .bootstrap import percentile_interval, resample_indices
+
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer {tokenizer!r} not in {TOKENIZERS}")
+    if reference not in candidates:
+        raise ValueError(f"caption_comparison: reference {reference!r} is not among {sorted(candidates)}")
+    ids = list(candidates[reference])
+    for label, cands in candidates.items():
+        _check_candidates(references, cands)
+        if set(cands) != set(ids):
+            raise ValueError(f"caption_comparison: {label!r} captions other videos than {reference!r}")
+    _coco()
+    notes: list[str] = []
+    merged: dict[Any, list[str]] = {("ref", v): list(references[v]) for v in ids}
+    merged.update({("cand", label, v): [cands[v]] for label, cands in candidates.items() for v in ids})
+    tokens, used = _tokenize(merged, tokenizer, notes)
+    gts = {v: tokens[("ref", v)] for v in ids}
+    out: dict[str, dict[str, Any]] = {}
+    per: dict[str, dict[str, np.ndarray]] = {}
+    for label in candidates:
+        res = {v: tokens[("cand", label, v)] for v in ids}
+        scores = _scores_of_tokenized(gts, res, ids, used, notes, meteor=False, n_missing=0)
+        out[label] = {"scores": scores.as_dict(), "vs_reference": {}}
+        per[label] = {
+            "bleu": bleu_stats([gts[v] for v in ids], [res[v][0] for v in ids]),
+            "rouge_l": np.asarray([scores.per_video[v]["rouge_l"] for v in ids]),
+            "cider": np.asarray([scores.per_video[v]["cider"] for v in ids]),
+        }
+    idx = resample_indices(len(ids), n_boot, seed)
+    base = per[reference]
+    for label in candidates:
+        if label == reference:
+            continue
+        mine = per[label]
+        a, b = out[reference]["scores"], out[label]["scores"]
+        bleu = corpus_bleu4(mine["bleu"][idx].sum(axis=1)) - corpus_bleu4(base["bleu"][idx].sum(axis=1))
+        vs = {"bleu4": {"diff": b["bleu4"] - a["bleu4"], "ci95": percentile_interval(bleu, level)}}
+        for metric in ("rouge_l", "cider"):
+            diffs = (mine[metric] - base[metric])[idx].mean(axis=1)
+            vs[metric] = {"diff": b[metric] - a[metric], "ci95": percentile_interval(diffs, level)}
+        out[label]["vs_reference"] = vs
+    return out

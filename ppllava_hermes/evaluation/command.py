@@ -1,5 +1,8 @@
 """The ``ppllava-hermes eval`` command (also ``ppllava-hermes bench run_eval``): arguments and the run.
 
+``--suite brief`` runs the brief's three benchmarks for several configurations instead and writes
+``OUT/brief_suite.json`` / ``.md`` (:mod:`.suite`).
+
 Parsing needs no torch (only the registries of ``plugins`` and ``specs``), so ``--help`` is quick; the
 model, torch and the protocols load when a run starts. Under ``accelerate launch`` each process answers its share of
 the videos and the main process writes the report.
@@ -28,7 +31,7 @@ from ..specs import (
     relevance_help,
 )
 
-CONFIG_NAMES = "full, uniform (or uniform-N for N frames), window, sink, hermes, pooling, hermes+pooling"
+CONFIG_NAMES = "full, uniform (or uniform-N for N frames), window, sink, hermes, retrieval, pooling, hermes+pooling"
 
 
 def _csv(kind):
@@ -44,6 +47,15 @@ def _csv(kind):
 
 def _budget(text: str) -> int | None:
     return None if text.lower() in ("none", "default") else int(text)
+
+
+def _max_pixels(text: str) -> int | None:
+    from .frames import parse_max_pixels
+
+    try:
+        return parse_max_pixels(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,7 +91,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--budgets", type=_csv(_budget), default=[None],
                        help="memory budgets (visual tokens kept per layer), comma-separated; each budgeted "
                             "configuration runs at each (default: the policies' own)")
-    model.add_argument("--memory", default=None, choices=["full", "window", "sink", "hermes", "uniform"],
+    model.add_argument("--memory", default=None, choices=["full", "window", "sink", "hermes", "retrieval", "uniform"],
                        help="override the configurations' memory policy")
     model.add_argument("--pool-mode", default="avg", choices=["avg", "prompt"],
                        help="pooling of the pooling configurations: avg (3-D average) or prompt (PPLLaVA prompt-"
@@ -113,7 +125,38 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                        help="how options are shown: letters ('A. text' lines), words (ShapesWorld), plain (none); "
                             "auto: words for ShapesWorld, letters otherwise")
     proto.add_argument("--judge", action="store_true",
-                       help="score open answers with the LLM judge at PPLLAVA_JUDGE_BASE_URL / PPLLAVA_JUDGE_MODEL")
+                       help="score open answers with the LLM judge at PPLLAVA_JUDGE_BASE_URL / PPLLAVA_JUDGE_MODEL "
+                            "(--suite: StreamBench is judged after the run, yes/no and 0-5)")
+    proto.add_argument("--context-window", type=positive_float, default=None, metavar="SECONDS",
+                       help="offline: a question at time t sees only [t - SECONDS, t], not the whole prefix "
+                            "(StreamingBench's leaderboard uses 60: its eval.sh --context_time; default: all)")
+    proto.add_argument("--max-pixels", type=_max_pixels, default=None, metavar="N|PRESET",
+                       help="shrink frames (aspect kept) to at most N pixels before the model's processor: a "
+                            "number, AxB, or a preset: qwen-vl-utils (768*28*28, Qwen2-VL/2.5-VL video default), "
+                            "qwen2-vl-example (360*420, the Qwen2-VL README's video example). Default: as stored")
+    proto.add_argument("--threads", type=positive_int, default=None,
+                       help="torch CPU threads (default: torch's own choice)")
+
+    suite = p.add_argument_group("suite (--suite brief: StreamBench, MSR-VTT captioning, EgoSchema; see "
+                                 "ppllava_hermes.evaluation.suite)")
+    suite.add_argument("--suite", default=None, choices=["brief"],
+                       help="run a suite of benchmarks for --suite-configs and write OUT/brief_suite.json and .md "
+                            "(quality against full context with paired 95%% intervals, and the speed-up)")
+    suite.add_argument("--suite-configs", type=_csv(str), default=["full", "hermes", "hermes+pooling", "retrieval"],
+                       help="configurations the suite compares, comma-separated; the last is the 'best memory' "
+                            "(default full,hermes,hermes+pooling,retrieval)")
+    suite.add_argument("--suite-benchmarks", type=_csv(str), default=["streambench", "msrvtt_caption", "egoschema"],
+                       help="which benchmarks of the suite to run (default all three)")
+    suite.add_argument("--data", default="shapesworld",
+                       help="shapesworld (default: write ShapesWorld videos and the three benchmarks' files, "
+                            "--world-videos per benchmark) or a folder laid out as "
+                            "ppllava_hermes.evaluation.brief_data says (the real benchmarks)")
+    suite.add_argument("--suite-details", default="runs/brief_suite",
+                       help="folder for the suite's per-benchmark reports, logs, EgoSchema predictions files and "
+                            "generated data (default runs/brief_suite)")
+    suite.add_argument("--bootstrap", type=positive_int, default=1000,
+                       help="bootstrap resamples of the paired intervals (default 1000)")
+    suite.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)")
 
     out = p.add_argument_group("output")
     out.add_argument("--out", default="runs/eval",
@@ -139,7 +182,7 @@ def config_from_args(args: argparse.Namespace):
         task_kinds=tuple(args.task_kinds), frame_source=args.frame_source, clip=args.clip,
         standing_query=args.standing_query, judge=args.judge, device=args.device,
         world_videos=args.world_videos, world_duration=args.world_duration, world_split=args.world_split,
-        world_seed=args.world_seed,
+        world_seed=args.world_seed, context_window=args.context_window, max_pixels=args.max_pixels,
     )
 
 
@@ -161,6 +204,14 @@ def run_eval_command(args: argparse.Namespace, argv: list[str] | None = None) ->
     (the answered records are kept in the results log, ``--resume`` continues); 0 otherwise. A record that
     fails is that record's result, not the run's end.
     """
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if getattr(args, "suite", None):
+        from .suite import run_suite_command
+
+        return run_suite_command(args, argv)
     from ..specs import check_device
     from .report import LOG_NAME, OutputPathError, ResultsLog, check_output_dir, markdown, write_report
     from .runner import process_shard, run_comparison

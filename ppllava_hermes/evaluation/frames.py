@@ -13,6 +13,23 @@ What this module knows: three kinds of source behind one small interface (:class
 the videos handed in, e.g. a ``Split``'s worlds) unless ``mode="file"``, which writes the video's mp4
 when it is missing and reads it back through the reader. Everything else is a file.
 
+**Pixels per frame** (``max_pixels``, the evaluator's ``--max-pixels``): every frame a source gives is
+shrunk, aspect ratio kept and never enlarged, until ``height * width <= max_pixels``
+(:func:`fit_pixels`: scale ``sqrt(max_pixels / (H * W))``, each side floored, at least 1 pixel), before
+the model's own processor sees it (which may round further to its patch multiple, as Qwen2-VL's
+``smart_resize`` does). Published numbers depend on it (frame resolution moves StreamingBench by
+several points), so :data:`PIXEL_PRESETS` names the values behind them:
+
+* ``qwen-vl-utils`` = 768 * 28 * 28 = 602,112: ``VIDEO_MAX_PIXELS`` of ``qwen_vl_utils/vision_process.py``,
+  the per-frame cap every Qwen2-VL / Qwen2.5-VL video result produced through ``process_vision_info``
+  has unless the harness overrides it (the library lowers it further to ``VIDEO_TOTAL_PIXELS / frames * 2``
+  for long inputs, which this option does not model);
+* ``qwen2-vl-example`` = 360 * 420 = 151,200: the ``"max_pixels": 360 * 420, "fps": 1.0`` of the video
+  example in the Qwen2-VL README / model card, which many benchmark harnesses copied.
+
+LLaVA-OneVision needs no option: its processor resizes every frame to its vision tower's 384 x 384
+whatever the file holds (``vision_config.image_size``); a ``max_pixels`` below that only blurs it.
+
 What it does not know: models, sessions, protocols, scoring, and which plugins render videos.
 """
 
@@ -28,10 +45,62 @@ import numpy as np
 
 from ..plugins import FRAME_SOURCES, FrameSource
 from ..video.sampling import fps_indices, uniform_indices
+from ..video.sizing import resize_rgb
 from ..video.types import VideoClip
 from .records import QARecord
 
 SOURCE_MODES = ("auto", "world", "file")
+
+#: Named ``max_pixels`` values (pixels per frame) and where each comes from (see the module docstring).
+PIXEL_PRESETS: dict[str, int] = {
+    "qwen-vl-utils": 768 * 28 * 28,  # qwen_vl_utils VIDEO_MAX_PIXELS: Qwen2-VL / Qwen2.5-VL video default
+    "qwen2-vl-example": 360 * 420,  # the Qwen2-VL README's video example ("max_pixels": 360 * 420)
+}
+
+
+def parse_max_pixels(text: str | int | None) -> int | None:
+    """``max_pixels`` from a number ("151200"), a product ("360*420") or a :data:`PIXEL_PRESETS` name;
+    None / "none" keeps the source's size. ``ValueError`` naming the input otherwise."""
+    if text is None:
+        return None
+    if isinstance(text, bool):
+        raise ValueError(f"max_pixels {text!r}: expected a positive number of pixels")
+    if isinstance(text, int):
+        value = text
+    else:
+        key = str(text).strip().lower()
+        if key in ("none", ""):
+            return None
+        if key in PIXEL_PRESETS:
+            return PIXEL_PRESETS[key]
+        try:
+            value = math.prod(int(part) for part in key.replace("x", "*").split("*"))
+        except ValueError:
+            raise ValueError(f"max_pixels {text!r}: expected a number of pixels (151200 or 360*420) or one of "
+                             f"{', '.join(PIXEL_PRESETS)}") from None
+    if value < 1:
+        raise ValueError(f"max_pixels {text!r}: must be at least 1 pixel")
+    return int(value)
+
+
+def fit_pixels(height: int, width: int, max_pixels: int | None) -> tuple[int, int]:
+    """``(H, W)`` of a ``height x width`` frame shrunk (aspect kept, never enlarged) to at most ``max_pixels``."""
+    if max_pixels is None or height * width <= max_pixels:
+        return height, width
+    scale = math.sqrt(max_pixels / (height * width))
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+
+
+def resize_clip(clip: VideoClip, max_pixels: int | None) -> VideoClip:
+    """``clip`` with every frame shrunk to at most ``max_pixels`` pixels (as is when they fit)."""
+    if max_pixels is None or len(clip) == 0:
+        return clip
+    h, w = clip.frames.shape[1:3]
+    size = fit_pixels(h, w, max_pixels)
+    if size == (h, w):
+        return clip
+    frames = np.stack([resize_rgb(np.ascontiguousarray(f), size) for f in clip.frames])
+    return VideoClip(frames, clip.timestamps, clip.source)
 
 
 class VideoSource(Protocol):
@@ -193,6 +262,29 @@ class FileSource:
         return stream_video(self.path, chunk_frames=chunk_frames, fps=fps)
 
 
+@dataclass
+class ResizedSource:
+    """Another source whose frames are shrunk to at most ``max_pixels`` pixels each (:func:`fit_pixels`)."""
+
+    source: VideoSource
+    max_pixels: int
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def duration(self) -> float | None:
+        return self.source.duration
+
+    def sample(self, *, num_frames: int | None, fps: float | None, start: float | None = None,
+               end: float | None = None) -> VideoClip:
+        return resize_clip(self.source.sample(num_frames=num_frames, fps=fps, start=start, end=end), self.max_pixels)
+
+    def stream(self, *, fps: float | None, chunk_frames: int) -> Iterator[VideoClip]:
+        return (resize_clip(c, self.max_pixels) for c in self.source.stream(fps=fps, chunk_frames=chunk_frames))
+
+
 class SourceResolver:
     """The :class:`VideoSource` of a record.
 
@@ -203,12 +295,14 @@ class SourceResolver:
             missing rendered video's mp4 is written first, under ``video_dir`` or ``mp4_dir``).
         worlds: rendered videos already generated (e.g. ``Split.worlds``), looked up by seed first.
         mp4_dir: where missing rendered mp4s are written in "file" mode (default: ``video_dir``).
+        max_pixels: shrink every frame to at most this many pixels (:class:`ResizedSource`; None: as stored).
     """
 
     def __init__(self, video_dir: str | Path | None = None, mode: str = "auto", worlds: Iterable[object] = (),
-                 mp4_dir: str | Path | None = None) -> None:
+                 mp4_dir: str | Path | None = None, max_pixels: int | None = None) -> None:
         if mode not in SOURCE_MODES:
             raise ValueError(f"frame source mode {mode!r} not in {SOURCE_MODES}")
+        self.max_pixels = parse_max_pixels(max_pixels)
         self.video_dir = Path(video_dir) if video_dir is not None else None
         self.mode = mode
         self._worlds = {int(w.seed): w for w in worlds}
@@ -233,12 +327,20 @@ class SourceResolver:
         return self._worlds[seed]
 
     def path(self, record: QARecord) -> Path:
+        """The record's video file: relative paths under ``video_dir``, unless only the path as written exists
+        (the file loaders already put ``video_dir`` in front, so a relative ``video_dir`` is not added twice)."""
         p = Path(record.video)
         if not p.is_absolute() and self.video_dir is not None:
-            p = self.video_dir / p
+            joined = self.video_dir / p
+            if joined.exists() or not p.exists():
+                return joined
         return p
 
     def __call__(self, record: QARecord) -> VideoSource:
+        source = self._source(record)
+        return source if self.max_pixels is None else ResizedSource(source, self.max_pixels)
+
+    def _source(self, record: QARecord) -> VideoSource:
         renderer = self.renderer(record)
         is_world = renderer is not None
         if self.mode == "world" and not is_world:

@@ -17,6 +17,13 @@
   after every chunk, no generation). OVO-Bench forward records are asked at each of their probes' timestamps.
   :func:`run_streaming` checks, at every question, that the session's frame log holds no frame
   after the question's time (``CausalityError`` otherwise).
+* **Context window** (``ProtocolConfig.context_window``, the evaluator's ``--context-window``; offline only):
+  a question at time ``t`` sees only ``[t - W, t]`` (the start of its own segment if later), not the
+  whole prefix. This is StreamingBench's leaderboard setting: its ``scripts/eval.sh`` passes
+  ``--context_time`` ("-1 means all context, i.e. (0, query_time); any integer t greater than 0 means
+  (query_time - t, query_time)") and its README reports the main table with "60 seconds of context
+  preceding the query time", the whole prefix only as "All Context". A question with no time (after the
+  whole video) sees the last ``W`` seconds of the video.
 
 Each record gives one :class:`RecordResult`: prediction, correctness, and the cost of the answer
 (TTFT, total latency, visual tokens into the LLM, memory entries, KV bytes, process memory,
@@ -26,6 +33,7 @@ reports and sharding (``runner`` / ``report``), where frames come from (``frames
 
 from __future__ import annotations
 
+import functools
 import math
 import resource
 import sys
@@ -142,6 +150,8 @@ class ProtocolConfig:
         prompt_style: "letters" (options as "A. text" lines, answer with the letter), "words" (the
             ShapesWorld format: options as words, answer with a word), "plain" (question only), or
             "auto" (words for ShapesWorld records, letters otherwise).
+        context_window: offline: seconds of video before the question it may see (None: all of it;
+            60 is StreamingBench's leaderboard setting, see the module docstring).
     """
 
     protocol: str = "offline"
@@ -154,6 +164,7 @@ class ProtocolConfig:
     forward_tolerance: float = 2.0
     use_segments: bool = True
     prompt_style: str = "auto"
+    context_window: float | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -174,6 +185,12 @@ class ProtocolConfig:
             raise ValueError(f"forward_mode {self.forward_mode!r} not in {FORWARD_MODES}")
         if self.prompt_style not in prompt_styles():
             raise ValueError(f"prompt_style {self.prompt_style!r} not in {prompt_styles()}")
+        if self.context_window is not None:
+            if not (math.isfinite(self.context_window) and self.context_window > 0):
+                raise ValueError(f"context_window must be a positive number of seconds, got {self.context_window}")
+            if self.protocol != "offline":
+                raise ValueError("context_window applies to the offline protocol (StreamingBench's leaderboard "
+                                 "cuts [t - W, t] and asks offline); a streaming session keeps what its memory keeps")
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -488,23 +505,37 @@ class QuestionPooledVideo(OfflineVideoQA):
         return session
 
 
-def _offline_window(record: QARecord, settings: ProtocolConfig) -> tuple[float | None, float | None]:
-    if not settings.use_segments:
-        return None, None
-    end = record.end if record.end is not None else record.timestamp
-    return record.start, end
+def _offline_window(record: QARecord, settings: ProtocolConfig,
+                    duration: Callable[[], float | None] = lambda: None) -> tuple[float | None, float | None]:
+    """``(start, end)`` seconds a record sees offline: its segment, else ``[0, timestamp]``, cut to the last
+    ``context_window`` seconds (``duration()`` gives the end of a record asked after the whole video)."""
+    start, end = (record.start, record.end if record.end is not None else record.timestamp) \
+        if settings.use_segments else (None, None)
+    window = settings.context_window
+    if window is None:
+        return start, end
+    if end is None:
+        end = duration()
+        if end is None:
+            raise ValueError(f"record {record.qid!r}: --context-window needs the video's duration, which is unknown")
+    earliest = float(end) - float(window)
+    if earliest > 0 and (start is None or earliest > start):
+        start = earliest
+    return start, end
 
 
 def _offline_probes(index: int, record: QARecord, source: VideoSource, engine: Engine,
                     on_ask: AskHook | None) -> RecordResult:
-    """OVO-Bench forward record offline: each probe sees the video up to its own time, afresh."""
+    """OVO-Bench forward record offline: each probe sees the video up to its own time (its last
+    ``context_window`` seconds, when set), afresh."""
     settings = engine.settings
     done: list[tuple[dict[str, Any], Answer, bool]] = []
     session = None
     ingest_s = 0.0
     for p in record.extra["probes"]:
         t = float(p["timestamp"])
-        clip = source.sample(num_frames=settings.num_frames, fps=settings.fps, start=None, end=t)
+        start = None if settings.context_window is None else max(0.0, t - settings.context_window)
+        clip = source.sample(num_frames=settings.num_frames, fps=settings.fps, start=start, end=t)
         session = engine.new_session()
         t0 = time.perf_counter()
         session.add_frames(clip.frames, clip.timestamps)
@@ -539,13 +570,17 @@ def run_offline(items: Sequence[tuple[int, QARecord]], source: VideoSource, engi
     """
     settings = engine.settings
     groups: dict[tuple[float | None, float | None], list[tuple[int, QARecord]]] = defaultdict(list)
+    results: list[RecordResult] = _Results(on_result)
+    duration = functools.cache(lambda: source.duration)  # probed once, only if a window needs it
     for index, record in items:
         if record.task_kind == "forward" and not record.extra.get("probes"):
             raise ValueError(f"record {record.qid!r}: a forward question is answered when its event happens; "
                              "it needs the streaming protocol")
         if not record.extra.get("probes"):
-            groups[_offline_window(record, settings)].append((index, record))
-    results: list[RecordResult] = _Results(on_result)
+            try:
+                groups[_offline_window(record, settings, duration)].append((index, record))
+            except ValueError as err:
+                results.append(error_result(index, record, err))
     for index, record in [item for item in items if item[1].extra.get("probes")]:
         try:
             results.append(_offline_probes(index, record, source, engine, on_ask))

@@ -6,7 +6,9 @@
   a summary row has exactly :data:`SUMMARY_FIELDS`, a run ``{"label", "split", "config", "method",
   "seconds", "n", "accuracy", "skipped", "results"}`` and each result exactly
   :data:`~.runner.RESULT_FIELDS` (one per record, see :class:`~.protocols.RecordResult`);
-* ``summary.md``: one line per run (accuracy and cost side by side) and accuracy per task kind;
+* ``summary.md``: one line per run (accuracy and cost side by side) and accuracy per task kind; for
+  OVO-Bench runs also its leaderboard averages with and without forward active responding
+  (:mod:`.leaderboard`, also under ``"leaderboard"`` in ``results.json``);
 * ``accuracy_vs_budget.png``, ``ttft_vs_stream_length.png``, ``short_vs_long.png`` (matplotlib,
   drawn off-screen with the Agg canvas).
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..compat import require
+from .leaderboard import ovo_bench_summary, ovo_markdown
 from .protocols import RecordResult
 from .runner import EvalRun
 
@@ -211,6 +214,16 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def leaderboard_rows(runs: Sequence[EvalRun]) -> list[dict[str, Any]]:
+    """OVO-Bench leaderboard averages of each run that has OVO-Bench results (``{"run", "split", ...}``)."""
+    rows = []
+    for run in runs:
+        summary = ovo_bench_summary(run.results)
+        if summary is not None:
+            rows.append({"run": run_label(run), "split": run.split, **summary})
+    return rows
+
+
 def markdown(runs: Sequence[EvalRun], *, title: str = "Evaluation", command: str | None = None) -> str:
     """The Markdown report: settings, one line per run, accuracy per task kind."""
     lines = [f"# {title}", ""]
@@ -238,6 +251,11 @@ def markdown(runs: Sequence[EvalRun], *, title: str = "Evaluation", command: str
             by = {row["task_kind"]: row for row in summarize(run) if row["task_type"] == "all"}
             cells = [f"{100 * by[k]['accuracy']:.1f}% ({by[k]['n']})" if k in by else "-" for k in kinds]
             lines.append(f"| {run.split or '-'} | {run_label(run)} | " + " | ".join(cells) + " |")
+    ovo = leaderboard_rows(runs)
+    if ovo:
+        lines += ["", "OVO-Bench averages (%; task accuracies as its scoring script computes them, forward over "
+                      "probes; which average a paper reports must be read from it):", "",
+                  *ovo_markdown((row["run"], row) for row in ovo)]
     skipped = max((len(run.skipped) for run in runs), default=0)
     if skipped:
         lines += ["", f"{skipped} records were skipped (malformed, or forward questions offline): reasons in "
@@ -403,6 +421,9 @@ def write_report(runs: Sequence[EvalRun], out_dir: str | Path, *, title: str = "
         "summary": [row for run in runs for row in summarize(run)],
         "runs": [run_json(run) for run in runs],
     }
+    ovo = leaderboard_rows(runs)
+    if ovo:
+        payload["leaderboard"] = {"ovo_bench": ovo}
     paths["json"].write_text(json.dumps(payload, indent=1))
     paths["markdown"].write_text(markdown(runs, title=title, command=command))
     if plots and runs:

@@ -3,8 +3,8 @@
 ``run_eval(EvalConfig(...))`` loads the benchmark's records (or takes them), resolves each video's
 frames, runs the chosen protocol video by video with a progress bar, and returns an :class:`EvalRun`
 (per-record :class:`~.protocols.RecordResult` s, with accuracy and cost). ``run_comparison`` runs
-several configurations (full context, uniform-N, recent window, StreamingLLM, HERMES, pooling,
-HERMES + pooling: :data:`CONFIGURATIONS`) at several budgets on the same records and model.
+several configurations (full context, uniform-N, recent window, StreamingLLM, HERMES, retrieval,
+pooling, HERMES + pooling: :data:`CONFIGURATIONS`) at several budgets on the same records and model.
 
 Sharding (``accelerate launch``): records are split by video across processes (a video's stream
 must stay in one process), each process answers its shard, and the main process merges the
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..plugins import BENCHMARKS
-from .frames import SOURCE_MODES, SourceResolver
+from .frames import SOURCE_MODES, SourceResolver, parse_max_pixels
 from .loaders import canonical_name, load_benchmark
 from .protocols import (
     PROTOCOLS,
@@ -50,6 +50,7 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "window": {"memory": "window"},  # recent window (SimpleStream)
     "sink": {"memory": "sink"},  # StreamingLLM: attention sinks + recent window
     "hermes": {"memory": "hermes"},  # hierarchical KV memory
+    "retrieval": {"memory": "retrieval"},  # recent window + host store retrieved by the question (ReKV-style)
     "pooling": {"memory": "full", "pooling": True},  # PPLLaVA pooling, full cache
     "hermes+pooling": {"memory": "hermes", "pooling": True},
 }
@@ -102,6 +103,10 @@ class EvalConfig:
         judge: score open answers with the LLM judge configured by PPLLAVA_JUDGE_* variables.
         device: torch device.
         world_*: ShapesWorld generation when no annotations are given.
+        context_window: offline: seconds before the question it sees (StreamingBench's leaderboard: 60; see
+            ``protocols``); None: the whole prefix.
+        max_pixels: pixels per frame at most (``frames.fit_pixels``; an int, or a ``frames.PIXEL_PRESETS``
+            name); None: frames as stored.
     """
 
     benchmark: str = "shapesworld"
@@ -135,9 +140,12 @@ class EvalConfig:
     world_duration: float = 60.0
     world_split: str = "test"
     world_seed: int = 0
+    context_window: float | None = None
+    max_pixels: int | str | None = None
 
     def __post_init__(self) -> None:
         self.config, _ = resolve_configuration(self.config)
+        self.max_pixels = parse_max_pixels(self.max_pixels)
         if self.benchmark.lower() in BENCHMARKS:  # a plugin's benchmark (ShapesWorld): no file needed
             self.benchmark = BENCHMARKS.canonical(self.benchmark.lower())
         else:
@@ -186,6 +194,7 @@ class EvalConfig:
             protocol=self.protocol, num_frames=self.num_frames, fps=self.fps, chunk_frames=self.chunk_frames,
             max_new_tokens=self.max_new_tokens, poll_frames=self.poll_frames, forward_mode=self.forward_mode,
             forward_tolerance=self.forward_tolerance, prompt_style=self.prompt_style,
+            context_window=self.context_window,
         )
 
 
@@ -407,7 +416,7 @@ def run_eval(config: EvalConfig, *, records: Sequence[QARecord] | None = None, a
         if judge is None:
             raise ValueError("--judge needs PPLLAVA_JUDGE_BASE_URL and PPLLAVA_JUDGE_MODEL")
     engine = Engine(adapter, method, config.protocol_config(), scorer=scorer, judge=judge)
-    resolver = SourceResolver(config.videos, config.frame_source, worlds)
+    resolver = SourceResolver(config.videos, config.frame_source, worlds, max_pixels=config.max_pixels)
     run = run_offline if config.protocol == "offline" else run_streaming
     by_video: dict[str, list[tuple[int, QARecord]]] = defaultdict(list)
     for index, record in mine:

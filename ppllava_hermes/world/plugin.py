@@ -10,7 +10,8 @@ the first time a registry misses a name (``plugins.load_plugins``). It registers
   answered in the "words" prompt style, with short training clips;
 * prompt style ``words``: the question with its options' words (:func:`~.model.prompt_for`);
 * frame source ``shapesworld``: a record's world, rendered on demand;
-* command ``demo``: ``ppllava-hermes demo`` (:mod:`.demo`).
+* command ``demo``: ``ppllava-hermes demo`` (:mod:`.demo`);
+* data writer ``shapesworld``: the brief's three benchmarks written from generated worlds (:mod:`.brief_data`).
 
 Imports of the heavy parts (torch, the models) wait until an entry is used, so registering is cheap.
 """
@@ -23,6 +24,7 @@ from typing import Any
 from ..plugins import (
     BENCHMARKS,
     COMMANDS,
+    DATA_WRITERS,
     FRAME_SOURCES,
     MODELS,
     PROMPT_STYLES,
@@ -119,6 +121,12 @@ def _run_demo(args) -> int:
     return run_demo(args)
 
 
+def _write_brief_data(paths, config) -> dict[str, int]:
+    from .brief_data import write_shapesworld
+
+    return write_shapesworld(paths, config)
+
+
 def register() -> None:
     """Add ShapesWorld's entries to the library's registries (idempotent)."""
     MODELS.register(NAME, ModelEntry(_load_model, "the shipped ShapesWorld model, or a ShapesWorld checkpoint folder",
@@ -130,3 +138,4 @@ def register() -> None:
     FRAME_SOURCES.register(BENCHMARK, FrameSource(claims=_renders, key=_seed, generate=_world))
     COMMANDS.register("demo", Command("stream a generated ShapesWorld video and answer timed questions",
                                       _demo_arguments, _run_demo))
+    DATA_WRITERS.register(NAME, _write_brief_data)
