@@ -31,6 +31,9 @@ RULES: list[tuple[str, str, str]] = [
     (f"{PACKAGE}.pooling", f"{PACKAGE}.memory", "pooling knows nothing of the memory"),
     (f"{PACKAGE}.pooling", f"{PACKAGE}.models", "pooling knows nothing of the LLM"),
     (f"{PACKAGE}.models", f"{PACKAGE}.streaming", "the session drives the adapter, not the reverse"),
+    (f"{PACKAGE}.world.checker", f"{PACKAGE}.world.questions",
+     "the checker recomputes answers on its own: it must not reuse the question generator"),
+    (f"{PACKAGE}.world.checker", f"{PACKAGE}.world.tasks", "the checker must not reach the generator through the overview"),
 ]
 # Forbidden to every module of the package, except the listed importers (prefixes).
 GLOBAL_RULES: list[tuple[str, tuple[str, ...], str]] = [
