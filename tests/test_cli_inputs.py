@@ -134,6 +134,19 @@ def test_run_timed_questions_flushes_before_end_of_stream_questions():
     assert session.stats.frames == 5 and a2.last_frame_time == 4.0
 
 
+def test_run_timed_questions_refuses_a_question_before_frames_already_in_the_session():
+    """The causality check runs on this path too: a session that already holds frames up to 3 s cannot
+    answer a question timed at 1 s as if it were asked then."""
+    from ppllava_hermes.streaming.timed import CausalityError
+
+    session = StreamingSession(tiny_adapter("llava_onevision"), config=StreamConfig(chunk_frames=2))
+    frames, _ = random_frames(6, size=56, seed=5)
+    session.add_frames(frames[:4], np.arange(4, dtype=np.float64))
+    clip = VideoClip(frames[4:], np.arange(4, 6, dtype=np.float64), "late")
+    with pytest.raises(CausalityError, match=r"question 'a\?' asked at 1.000s but the frame at 3.000s"):
+        run_timed_questions(session, [clip], [TimedQuestion(1.0, "a?")], GenerationConfig(max_new_tokens=1))
+
+
 def _shipped() -> bool:
     from ppllava_hermes.world.model import has_shipped_model
 

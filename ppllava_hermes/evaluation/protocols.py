@@ -53,6 +53,7 @@ from ..pooling import PoolingConfig, PromptGuidedPooling
 from ..streaming import Answer, GenerationConfig, StreamConfig, StreamingSession
 from ..streaming.offline import OfflineVideoQA
 from ..streaming.pooling_stage import PoolingStage, pool_visual
+from ..streaming.timed import CausalityError, check_causal  # noqa: F401 (CausalityError: re-exported)
 from .frames import VideoSource
 from .records import QARecord
 from .scoring import normalize_answer, score_answer, score_open
@@ -64,10 +65,6 @@ def prompt_styles() -> tuple[str, ...]:
     """Every ``prompt_style`` accepted: the evaluator's own ("auto", "letters", "plain") and those plugins
     register (``plugins.PROMPT_STYLES``; ShapesWorld: "words")."""
     return ("auto", "letters", *plugins.PROMPT_STYLES.names(), "plain")
-
-
-class CausalityError(RuntimeError):
-    """A question was about to be answered with a frame from after its time in memory."""
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -473,14 +470,6 @@ class _Results(list):
             self.on_result(result)
 
 
-def _check_causal(session: StreamingSession, record: QARecord, t: float) -> None:
-    last = session.last_frame_time
-    if last is not None and last > t + 1e-9:
-        raise CausalityError(
-            f"record {record.qid!r} asked at {t:.3f}s but the frame at {last:.3f}s is already in the stream"
-        )
-
-
 # ------------------------------------------------------------------------------------------ offline
 
 
@@ -719,7 +708,7 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
 
     def ask(record: QARecord, prompt: str, t: float) -> Answer:
         feed()  # a partial temporal group stays pending: ask() sees it without changing the memory
-        _check_causal(session, record, t)
+        check_causal(session, t, f"record {record.qid!r}")
         if on_ask is not None:
             on_ask(session, record, t)
         return session.ask(prompt, engine.generation)

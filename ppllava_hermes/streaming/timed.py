@@ -1,7 +1,9 @@
 """Ask questions at given moments of a stream: each one as soon as the stream reaches its time.
 
 The guarantee every caller relies on: a question at time ``t`` is answered with every frame up to
-``t`` ingested and no frame after ``t`` in the memory. Used by the CLI, the demo and the evaluator.
+``t`` ingested and no frame after ``t`` in the memory (:func:`check_causal` verifies it before each
+question, here and in the evaluator's streaming protocol: a violation is a :class:`CausalityError`).
+Used by the CLI, the demo and the evaluator.
 
 Truthful timing at the end: when the stream ends, frames still waiting for a full temporal group are
 ingested (``session.flush``) before the questions left; a question whose time is past the last frame is
@@ -18,6 +20,17 @@ from typing import Any
 
 from ..video.types import VideoClip
 from .session import Answer, GenerationConfig, StreamingSession
+
+
+class CausalityError(RuntimeError):
+    """A question would see a frame from after its own time."""
+
+
+def check_causal(session: StreamingSession, t: float, what: str = "a question") -> None:
+    """Refuse to ask at ``t`` seconds when the session already holds a frame after ``t``."""
+    last = session.last_frame_time
+    if last is not None and last > t + 1e-9:
+        raise CausalityError(f"{what} asked at {t:.3f}s but the frame at {last:.3f}s is already in the stream")
 
 
 @dataclass
@@ -60,6 +73,7 @@ def run_timed_questions(
     done: list[tuple[TimedQuestion, Answer]] = []
 
     def ask(q: TimedQuestion) -> None:
+        check_causal(session, q.time, f"question {q.text!r}")
         ans = session.ask(q.text, generation)
         done.append((q, ans))
         if on_answer is not None:
