@@ -189,6 +189,14 @@ def test_uniform_answers_like_a_full_cache_over_the_sampled_frames(family):
     torch.testing.assert_close(got.question_logits, want.question_logits, atol=1e-5, rtol=0)
     assert got.token_ids == want.token_ids
     assert uniform.cache.physical_length() == uniform.cache.count(0)  # back to the system prompt only
+    # the offline baseline is its own session class; streaming sessions and policies know nothing of it
+    from ppllava_hermes.streaming.uniform import UniformSession
+
+    assert type(uniform) is UniformSession and type(full) is StreamingSession
+    assert uniform.stored_frame_bytes == frames.nbytes
+    assert not hasattr(full, "_frame_store") and not hasattr(MemoryPolicy, "question_frames")
+    with pytest.raises(ValueError, match=r"watch\(\): memory policy 'uniform' builds its cache per question"):
+        uniform.watch("Tell me when it moves.")
 
 
 def test_uniform_budget_in_tokens():

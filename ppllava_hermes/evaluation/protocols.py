@@ -54,6 +54,7 @@ from ..streaming import Answer, GenerationConfig, StreamConfig, StreamingSession
 from ..streaming.offline import OfflineVideoQA
 from ..streaming.pooling_stage import PoolingStage, pool_visual
 from ..streaming.timed import CausalityError, check_causal  # noqa: F401 (CausalityError: re-exported)
+from ..streaming.uniform import UniformSession
 from .frames import VideoSource
 from .records import QARecord
 from .scoring import normalize_answer, score_answer, score_open
@@ -380,7 +381,7 @@ class Engine:
 
     def visual_tokens(self, session: StreamingSession, answer: Answer) -> int:
         """Visual tokens that entered the LLM for this answer."""
-        if session.memory.stores_frames:  # offline policy: what it re-encoded for the question
+        if isinstance(session, UniformSession):  # offline policy: what it re-encoded for the question
             return max(0, answer.cache_tokens - self.system_tokens)
         return answer.visual_tokens_seen
 

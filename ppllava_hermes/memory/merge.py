@@ -409,7 +409,9 @@ class MergeThenEvict(MemoryPolicy):
     def __post_init__(self) -> None:
         if not isinstance(self.merge, TokenMerge):
             raise ValueError(f"merge-then-evict: merge must be a TokenMerge, got {type(self.merge).__name__}")
-        if not isinstance(self.evict, MemoryPolicy) or self.evict.stores_frames:
+        from .uniform import UniformSampling
+
+        if not isinstance(self.evict, MemoryPolicy) or isinstance(self.evict, UniformSampling):
             raise ValueError("merge-then-evict: evict must be a streaming MemoryPolicy")
 
     @property

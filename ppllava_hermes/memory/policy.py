@@ -43,15 +43,17 @@ class AttentionProbe:
     """Attention of pseudo-query prompts to the cache, one ``(seq_len,)`` tensor per layer per prompt.
 
     ``scores[name][layer]`` is the attention weight each cache entry received, averaged over heads and
-    over the prompt's tokens.
+    over the prompt's tokens; None for a layer the policy's :meth:`MemoryPolicy.probe_layers` did not ask
+    for (it was not computed).
     """
 
-    scores: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    scores: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)
 
 
 #: What a session hands :meth:`MemoryPolicy.question_cache`: ``probe(cache, start)`` runs the question's
-#: tokens (exactly those the answer prefills), at positions ``start, start+1, ...``, over ``cache`` with
-#: eager attention and returns, per layer, a ``(len(cache),)`` float32 CPU tensor: the attention each
+#: tokens (exactly those the answer prefills), at positions ``start, start+1, ...``, over ``cache`` (the
+#: engine's probe attention, ``models/probe.py``: the eager weights, or the same computed from the probe's
+#: captured queries) and returns, per layer, a ``(len(cache),)`` float32 CPU tensor: the attention each
 #: entry of ``cache`` received, averaged over heads and question tokens. ``cache`` is left exactly as it
 #: was (its keys and values are cut back to their length; no metadata is committed).
 QuestionProbe = Callable[[MemoryCache, int], list[torch.Tensor]]
@@ -62,15 +64,26 @@ class MemoryPolicy:
 
     Class attributes a session reads:
         probe_prompts: pseudo-query prompts whose attention the policy wants before compressing
-            (empty: no probe is run).
-        stores_frames: the policy does not stream: the session keeps the decoded frames instead of
-            prefilling them, and at question time prefills the frames :meth:`question_frames` picks
-            into a fresh cache (the offline baseline).
+            (empty: no probe is run); :meth:`probe_layers` narrows them to the layers it reads.
+        compress_every: the engine calls :meth:`compress` on every ``compress_every``-th chunk that finds
+            :meth:`wants_compress` true (1: each of them). Policies that offer it as an option state the
+            peak it allows.
+
+    (The offline uniform baseline, :class:`~.uniform.UniformSampling`, is not a streaming memory: a session
+    given it runs as ``streaming.uniform.UniformSession``.)
     """
 
     name: str = "full"
     probe_prompts: dict[str, str] = {}
-    stores_frames: bool = False
+    compress_every: int = 1
+
+    def probe_layers(self, num_layers: int) -> dict[str, list[int]]:
+        """Per probe prompt, the layers whose attention :meth:`compress` reads (default: every layer).
+
+        The engine computes only those (a prompt with none, or no prompt left: no probe forward); the
+        probe's other layers are None.
+        """
+        return {name: list(range(num_layers)) for name in self.probe_prompts}
 
     def check_model(self, rope: RopeSpec | None, num_layers: int) -> None:
         """Called when a session is built; raise ``ValueError`` if the policy cannot run on this model."""
@@ -79,17 +92,14 @@ class MemoryPolicy:
         """Called once the system prompt is in the cache; raise ``ValueError`` on a bad configuration."""
 
     def wants_compress(self, cache: MemoryCache) -> bool:
-        """Whether :meth:`compress` has work to do now (lets the session skip the probe)."""
+        """Whether :meth:`compress` has work to do now (lets the session skip the probe); called once per
+        chunk (and by composite policies), so it must not change the policy's state."""
         return False
 
     def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
                  next_position: int) -> CompressResult:
         """Shrink ``cache`` in place to the policy's budget. Default: keep everything."""
         return CompressResult()
-
-    def question_frames(self, num_frames: int, tokens_per_frame: int) -> list[int] | None:
-        """Frames (indices into the stream) to prefill afresh for a question; None: answer from the memory."""
-        return None
 
     def question_cache(self, cache: MemoryCache, rope: RopeSpec, probe: QuestionProbe,
                        next_position: int) -> tuple[MemoryCache, int] | None:

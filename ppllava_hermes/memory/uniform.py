@@ -4,10 +4,11 @@ The classic offline video-LLM recipe (sample N frames uniformly over the whole v
 used as the baseline a streaming memory is measured against: it sees the whole past evenly but pays
 the encoding and prefill of N frames at every question, so its time to first token is large.
 
-The session keeps the decoded frames (``stores_frames``): ``T x H x W x 3`` bytes of uint8 for a
-stream of T frames (602 KB per 448x448 frame: 616 MB for 1024 frames), far more than a KV budget
-for long streams; the KV cache between questions holds only the system prompt. Knows nothing of video
-beyond frame indices.
+Not a streaming memory: a session given this policy is a ``streaming.uniform.UniformSession``, which
+keeps the decoded frames instead of prefilling them: ``T x H x W x 3`` bytes of uint8 for a stream of
+T frames (602 KB per 448x448 frame: 616 MB for 1024 frames), far more than a KV budget for long
+streams; the KV cache between questions holds only the system prompt. This class is the sampling rule
+(which frames a question gets) and the budget check; it knows nothing of video beyond frame indices.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ class UniformSampling(MemoryPolicy):
     """
 
     name: ClassVar[str] = "uniform"
-    stores_frames: ClassVar[bool] = True
 
     frames: int = 32
     budget: int | None = None
@@ -55,7 +55,7 @@ class UniformSampling(MemoryPolicy):
             return self.frames
         return max(1, self.budget // max(1, tokens_per_frame))
 
-    def question_frames(self, num_frames: int, tokens_per_frame: int) -> list[int] | None:
+    def question_frames(self, num_frames: int, tokens_per_frame: int) -> list[int]:
         """Indices ``0 <= i < num_frames``, evenly spread, first and last included."""
         if num_frames == 0:
             return []

@@ -13,6 +13,9 @@ were asked. :meth:`StreamingSession.flush` pads and ingests for good (the end of
 
 Standing queries (:meth:`StreamingSession.watch`, specified in :mod:`.watch`) decide after every ingested
 chunk, inside the same rollback, and emit :class:`~.watch.WatchEvent` objects when they fire.
+
+A session built with the offline uniform baseline (``memory.uniform.UniformSampling``) is a
+:class:`~.uniform.UniformSession`: it stores frames and re-encodes a sample of them per question.
 """
 
 from __future__ import annotations
@@ -110,7 +113,20 @@ class IngestStats(EngineStats):
 
 
 class StreamingSession:
-    """Query-agnostic streaming over one video stream with one model adapter, on a :class:`KVEngine`."""
+    """Query-agnostic streaming over one video stream with one model adapter, on a :class:`KVEngine`.
+
+    ``StreamingSession(adapter, memory=UniformSampling(...))`` returns a :class:`~.uniform.UniformSession`
+    (the offline baseline: nothing streams into the memory), so every caller builds sessions one way.
+    """
+
+    def __new__(cls, adapter: VLMAdapter = None, memory: MemoryPolicy | None = None, *args, **kwargs):
+        from ..memory.uniform import UniformSampling
+
+        if cls is StreamingSession and isinstance(memory, UniformSampling):
+            from .uniform import UniformSession
+
+            cls = UniformSession
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -181,9 +197,6 @@ class StreamingSession:
         self.frame_log: list[tuple[int, float]] = []  # (frame id, timestamp) of every ingested frame
         self._pending_frames: list[np.ndarray] = []
         self._pending_times: list[float] = []
-        # Offline policies (memory.stores_frames): decoded frames kept for question time, T x H x W x 3 bytes.
-        self._frame_store: list[np.ndarray] = []
-        self._tokens_per_frame: int | None = None
         if self.gate is not None:
             self.gate.reset()
         self._events: list[WatchEvent] = []
@@ -272,11 +285,6 @@ class StreamingSession:
         self.start()
         first_id = len(self.frame_log)
         real = len(frames) - padded
-        if self.memory.stores_frames:  # offline baseline: nothing is prefilled until a question
-            self._frame_store.extend(frames[:real])
-            self.frame_log.extend((first_id + i, float(times[i])) for i in range(real))
-            self.stats.frames += real
-            return
         visual, keep = self.encode_chunk(frames, times, first_id)
         first = next(iter(self.watches.values()), None)
         fused = first is not None and self.config.fused_watch and self.engine.answers_from_memory
@@ -342,9 +350,6 @@ class StreamingSession:
         Returns its id (for :meth:`unwatch`)."""
         if not query or not query.strip():
             raise ValueError("watch(): the query is empty")
-        if self.memory.stores_frames:
-            raise ValueError(f"watch(): memory policy {self.memory.name!r} builds its cache per question from "
-                             "stored frames; a decision per chunk would replay the video each time")
         config = config or self.adapter.watch_config or WatchConfig()
         unk = getattr(self.adapter.tokenizer, "unk_token_id", None)
         pos = first_token_ids(self.adapter.tokenize, config.positive, "positive", unk)
@@ -408,18 +413,10 @@ class StreamingSession:
         self.start()
         ids = self.adapter.tokenize(self.adapter.question_text(question))
         frames_seen, last_time = self.stats.frames + len(self._pending_frames), self.last_frame_time
-        replay = self._replay_for_question if self.memory.stores_frames else None
         with self.engine.rollback():
-            if self._pending_frames and not self.memory.stores_frames:
-                # The partial group goes in padded, for this question only: the stream keeps it pending.
-                frames, times, _ = pad_to_group(np.stack(self._pending_frames), np.asarray(self._pending_times),
-                                                self.adapter.frames_per_group)
-                encode_s = self.stats.encode_s
-                visual, _ = self.encode_chunk(frames, times, len(self.frame_log), gate=False)
-                self.stats.encode_s = encode_s  # question-time work is not ingest
-                self.engine.prefill(self.adapter.visual_segment(visual, self.engine.next_position))
-            out = self.engine.generate(ids, gen, t0=t0, return_logits=return_logits, question_cache=replay,
-                                       on_token=on_token)
+            self._prefill_pending_for_question()
+            out = self.engine.generate(ids, gen, t0=t0, return_logits=return_logits,
+                                       question_cache=self._question_replay(), on_token=on_token)
         return Answer(
             text=self.adapter.tokenizer.decode(out.token_ids, skip_special_tokens=True),
             token_ids=out.token_ids,
@@ -434,28 +431,18 @@ class StreamingSession:
             question_cache_s=out.question_cache_s,
         )
 
-    def _replay_for_question(self) -> tuple[MemoryCache, int] | None:
-        """For policies that store frames: a fresh cache with the system prompt and the frames they pick.
+    def _prefill_pending_for_question(self) -> None:
+        """Inside a question's rollback: the partial temporal group goes in padded, for this question only
+        (the stream keeps it pending)."""
+        if not self._pending_frames:
+            return
+        frames, times, _ = pad_to_group(np.stack(self._pending_frames), np.asarray(self._pending_times),
+                                        self.adapter.frames_per_group)
+        encode_s = self.stats.encode_s
+        visual, _ = self.encode_chunk(frames, times, len(self.frame_log), gate=False)
+        self.stats.encode_s = encode_s  # question-time work is not ingest
+        self.engine.prefill(self.adapter.visual_segment(visual, self.engine.next_position))
 
-        Built on a scratch engine (full cache) so the stream's engine never sees it; frames still pending
-        are offered to the policy like the stored ones.
-        """
-        store = self._frame_store + list(self._pending_frames)
-        times_all = [t for _, t in self.frame_log] + list(self._pending_times)
-        if not store:
-            return None
-        group = self.adapter.frames_per_group
-        if self._tokens_per_frame is None:
-            probe_frames = np.stack(store[:1] * group)
-            visual = encode_pooled(self.adapter, probe_frames, np.arange(group, dtype=np.float64), 0, self.pooling)
-            self._tokens_per_frame = max(1, visual.num_tokens // group)
-        picks = self.memory.question_frames(len(store), self._tokens_per_frame) or []
-        scratch = KVEngine(self.adapter)
-        scratch.start(self.adapter.prefix_text())
-        for start in range(0, len(picks), self.chunk_frames):
-            chunk = picks[start : start + self.chunk_frames]
-            frames, times, _ = pad_to_group(np.stack([store[i] for i in chunk]),
-                                            np.asarray([times_all[i] for i in chunk]), group)
-            visual = encode_pooled(self.adapter, frames, times, chunk[0], self.pooling)
-            scratch.prefill(self.adapter.visual_segment(visual, scratch.next_position))
-        return scratch.cache, scratch.next_position
+    def _question_replay(self) -> Callable[[], tuple[MemoryCache, int] | None] | None:
+        """A builder of the cache a question is answered from instead of the memory (None: the memory)."""
+        return None

@@ -393,7 +393,7 @@ def save_session(session: StreamingSession, folder: str | os.PathLike) -> Path:
 
     frame_tensors: dict[str, torch.Tensor] = {}
     pending_runs = _frame_runs(list(session._pending_frames), "pending", frame_tensors)
-    store_runs = _frame_runs(list(session._frame_store), "store", frame_tensors)
+    store_runs = _frame_runs(list(getattr(session, "_frame_store", [])), "store", frame_tensors)
 
     state_tensors: dict[str, torch.Tensor] = {}
     policy = session.memory
@@ -423,7 +423,7 @@ def save_session(session: StreamingSession, folder: str | os.PathLike) -> Path:
             "pending_times": [float(t) for t in session._pending_times],
             "pending_runs": pending_runs,
             "store_runs": store_runs,
-            "tokens_per_frame": session._tokens_per_frame,
+            "tokens_per_frame": getattr(session, "_tokens_per_frame", None),
             "resize_warned": bool(session._resize_warned),
             "next_watch_id": int(session._next_watch_id),
             "events": [e.to_dict() for e in session._events],
@@ -539,7 +539,7 @@ def _check_fresh(session: StreamingSession) -> None:
     held = []
     if session.started:
         held.append("it is started")
-    if session.frame_log or session._pending_frames or session._frame_store:
+    if session.frame_log or session._pending_frames or getattr(session, "_frame_store", None):
         held.append("it holds frames")
     if session.watches:
         held.append(f"it has watches {sorted(session.watches)}")
@@ -698,8 +698,9 @@ def _apply(session: StreamingSession, prepared: dict[str, Any],
     _set_attributes(session.stats, prepared["stats"])  # the engine shares this object: updated in place
     session.frame_log = prepared["frame_log"]
     session._pending_frames, session._pending_times = prepared["pending"], prepared["pending_times"]
-    session._frame_store = prepared["store"]
-    session._tokens_per_frame = prepared["tokens_per_frame"]
+    if hasattr(session, "_frame_store"):  # the uniform baseline's stored frames
+        session._frame_store = prepared["store"]
+        session._tokens_per_frame = prepared["tokens_per_frame"]
     session._resize_warned = prepared["resize_warned"]
     session._events = prepared["events"]
     session.watches = {}

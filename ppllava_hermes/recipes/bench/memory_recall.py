@@ -153,7 +153,7 @@ class Outcome:
 
 def _host_bytes(session) -> int:
     """Bytes kept outside the KV cache: stored frames, plus whatever the policy reports."""
-    n = sum(f.nbytes for f in session._frame_store)
+    n = getattr(session, "stored_frame_bytes", 0)  # the uniform baseline's decoded frames
     own = getattr(session.memory, "host_bytes", 0)
     return n + int(own() if callable(own) else own or 0)
 
