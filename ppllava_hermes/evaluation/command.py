@@ -169,21 +169,24 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     out.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+#: EvalConfig fields whose flag has another name or shape (every other field is the flag of its own name).
+_FROM_ARGS = {
+    "config": lambda a: a.configs[0],
+    "budget": lambda a: a.budgets[0] if a.budgets else None,
+    "num_frames": lambda a: a.frames,
+    "task_kinds": lambda a: tuple(a.task_kinds),
+}
+
+
 def config_from_args(args: argparse.Namespace):
+    """The base :class:`~.runner.EvalConfig` of a run: each field from its flag (:data:`_FROM_ARGS` for the
+    few whose flag differs); the run's other configurations and budgets vary it (``comparison_configs``)."""
+    from dataclasses import fields
+
     from .runner import EvalConfig
 
-    return EvalConfig(
-        benchmark=args.benchmark, annotations=args.annotations, videos=args.videos, answers=args.answers,
-        subset=args.subset, model=args.model, protocol=args.protocol, config=args.configs[0],
-        memory=args.memory, budget=args.budgets[0] if args.budgets else None, pool_mode=args.pool_mode,
-        pool_kernel=args.pool_kernel, num_frames=args.frames, fps=args.fps, chunk_frames=args.chunk_frames,
-        max_new_tokens=args.max_new_tokens, poll_frames=args.poll_frames, forward_mode=args.forward_mode,
-        forward_tolerance=args.forward_tolerance, prompt_style=args.prompt_style, limit=args.limit,
-        task_kinds=tuple(args.task_kinds), frame_source=args.frame_source, clip=args.clip,
-        standing_query=args.standing_query, judge=args.judge, device=args.device,
-        world_videos=args.world_videos, world_duration=args.world_duration, world_split=args.world_split,
-        world_seed=args.world_seed, context_window=args.context_window, max_pixels=args.max_pixels,
-    )
+    return EvalConfig(**{f.name: _FROM_ARGS[f.name](args) if f.name in _FROM_ARGS else getattr(args, f.name)
+                         for f in fields(EvalConfig)})
 
 
 def log_header(args: argparse.Namespace, base) -> dict:
