@@ -77,7 +77,6 @@ from ppllava_hermes.evaluation.scoring import score_answer
 from ppllava_hermes.memory.cache import TokenKind
 from ppllava_hermes.models.base import VisualTokens
 from ppllava_hermes.models.qwen2_5_vl import seconds_per_group
-from ppllava_hermes.pooling import PoolingConfig, PromptGuidedPooling
 from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSession
 from ppllava_hermes.streaming.pooling_stage import PoolingStage
 from ppllava_hermes.streaming.timed import TimedQuestion, run_timed_questions
@@ -93,6 +92,8 @@ from ppllava_hermes.world.tasks import (
     iter_short_clips,
     video_seed,
 )
+
+from . import WorldPoolingStages
 
 CHUNK = 4  # frames per clip and per chunk, as the demo and the memory benchmark stream (ours)
 WATCH_CHUNK = 2  # frames per chunk when watches decide: one temporal group, a decision every 2 s at 1 fps (ours)
@@ -205,16 +206,12 @@ class DocumentBuilder:
         self.adapter = adapter
         self.scorer = scorer
         self.end = adapter.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.poolers = {k: PromptGuidedPooling(PoolingConfig(kernel=k, padding="replicate"))
-                        for k in [(1, 2, 2), (2, 2, 2)]}
+        self.stages = WorldPoolingStages(scorer, STANDING_QUERY)
 
     def stage(self, pool: str | None, kernel=(1, 2, 2), query: str | None = None) -> PoolingStage | None:
-        """The session's pooling stage for a mode: None, "avg", or "clip" (against ``query``)."""
-        if pool is None:
-            return None
-        if pool == "avg":
-            return PoolingStage(self.poolers[kernel])
-        return PoolingStage(self.poolers[kernel], self.scorer, query or STANDING_QUERY)
+        """The session's pooling stage for a mode: None, "avg", or "clip" (against ``query``, default the
+        standing query)."""
+        return self.stages.stage(pool, kernel, query)
 
     def encode_chunks(self, frames: np.ndarray, chunks: list[list[tuple[int, float]]],
                       stage: PoolingStage | None) -> list[VisualTokens]:

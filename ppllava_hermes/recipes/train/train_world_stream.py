@@ -28,12 +28,12 @@ from ppllava_hermes.evaluation.scoring import score_answer
 from ppllava_hermes.memory.cache import TokenKind
 from ppllava_hermes.pooling import PoolingConfig, PromptGuidedPooling
 from ppllava_hermes.streaming import GenerationConfig, StreamConfig, StreamingSession
-from ppllava_hermes.streaming.pooling_stage import PoolingStage, pool_visual
+from ppllava_hermes.streaming.pooling_stage import PoolingStage
 from ppllava_hermes.world.generator import WorldConfig, generate_world
 from ppllava_hermes.world.model import answer_text, load_shapesworld_adapter, prompt_for
 from ppllava_hermes.world.tasks import TaskConfig, generate_questions, iter_short_clips, video_seed
 
-from . import warmup_cosine
+from . import WorldPoolingStages, warmup_cosine
 
 REALTIME = ("color_now", "shape_now", "count_now")
 CHUNK = 4  # frames per chunk, as the demo streams
@@ -66,8 +66,7 @@ class SequenceBuilder:
         self.adapter = adapter
         self.scorer = clip_scorer
         self.end = adapter.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.poolers = {k: PromptGuidedPooling(PoolingConfig(kernel=k, padding="replicate"))
-                        for k in [(1, 2, 2), (2, 2, 2)]}
+        self.stages = WorldPoolingStages(clip_scorer)
 
     def build(self, frames: np.ndarray, times: np.ndarray, record, pool: str | None, kernel=(1, 2, 2)):
         ad = self.adapter
@@ -76,12 +75,9 @@ class SequenceBuilder:
         for s in range(0, len(frames), CHUNK):
             f, t = frames[s : s + CHUNK], times[s : s + CHUNK]
             visual = ad.encode_frames(f, t, s)
-            if pool == "avg":
-                visual = pool_visual(visual, self.poolers[kernel], None)
-            elif pool == "clip":
-                with torch.no_grad():
-                    w = self.scorer.score(prompt_for(record), f, grid=visual.grid)
-                visual = pool_visual(visual, self.poolers[kernel], w)
+            stage = self.stages.stage(pool, kernel, prompt_for(record))  # pooled against the question
+            if stage is not None:
+                visual = stage(visual, f)
             seg = ad.visual_segment(visual, pos)
             segs.append(seg)
             pos = seg.next_position
