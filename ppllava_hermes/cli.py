@@ -255,7 +255,7 @@ def run_serve(args: argparse.Namespace) -> int:
         config = ServeConfig(model=args.model, memory=args.memory, budget=args.budget, chunk_frames=args.chunk_frames,
                              max_sessions=args.max_sessions, token=token, insecure_local=args.insecure_local,
                              allow_dirs=tuple(args.allow_dir), allow_hosts=tuple(args.allow_host),
-                             max_new_tokens=args.max_new_tokens,
+                             allow_devices=tuple(args.allow_device), max_new_tokens=args.max_new_tokens,
                              snapshot_dir=args.snapshot_dir or args.restore)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -264,6 +264,8 @@ def run_serve(args: argparse.Namespace) -> int:
         if not Path(d).is_dir():
             print(f"error: --allow-dir {d!r}: not a folder", file=sys.stderr)
             return 2
+    if args.ray:
+        return _run_serve_ray(args, config)
     relevance = _relevance(args)
     adapter = build_adapter(args.model, device=args.device)
     if args.restore and not Path(args.restore).is_dir():
@@ -277,6 +279,50 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"serving {args.model} on http://{args.host}:{args.port} ({'no token' if config.insecure_local else 'bearer token'}"
           f", memory {args.memory}, budget {args.budget}, up to {args.max_sessions} sessions)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _run_serve_ray(args: argparse.Namespace, config) -> int:
+    """``serve --ray``: the same server as Ray Serve replicas behind Ray's HTTP proxy (serving.ray_deploy)."""
+    import time
+
+    try:
+        from ray import serve
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "ray":
+            raise
+        raise MissingExtraError("ppllava-hermes serve --ray needs Ray Serve: pip install 'ppllava-hermes[ray]'",
+                                name=exc.name) from None
+    if args.restore:
+        print("error: --restore with --ray: a restored session's id names the replica that held it; restore "
+              "snapshots into a single server (serve --restore DIR)", file=sys.stderr)
+        return 2
+    from .serving.ray_deploy import SESSION_HEADER, PoolingSpec, start
+    from .specs import model_note
+
+    relevance = _relevance(args)
+    pooling = None if args.pool == "none" else PoolingSpec(args.pool, args.pool_kernel, args.standing_query, relevance)
+    note = model_note(args.model)
+    if note:
+        print(f"note: {note}")
+    try:
+        url, replicas = start(config, replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
+                              cpus_per_replica=args.cpus_per_replica, device=args.device, pooling=pooling,
+                              host=args.host, port=args.port, address=args.ray_address)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"serving {args.model} on {url} with Ray Serve: {replicas} replica{'s' if replicas != 1 else ''} "
+          f"({'no token' if config.insecure_local else 'bearer token'}, memory {args.memory}, budget {args.budget}, "
+          f"up to {args.max_sessions} sessions each; send {SESSION_HEADER}: ID with every request for a session)",
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
     return 0
 
 
@@ -438,9 +484,25 @@ def main(argv: list[str] | None = None) -> int:
                    help="a folder whose video files may be session sources (repeatable)")
     v.add_argument("--allow-host", action="append", default=[], metavar="HOST",
                    help="a host whose rtsp/http(s) streams may be session sources (repeatable)")
+    v.add_argument("--allow-device", action="append", default=[], metavar="DEVICE",
+                   help="a capture device (a path under /dev/, e.g. /dev/video0) that may be a session source "
+                        "(repeatable); any other device is refused")
     v.add_argument("--snapshot-dir", default=None, help="where POST /sessions/ID/snapshot saves sessions")
     v.add_argument("--restore", default=None, metavar="DIR",
                    help="bring back the sessions snapshotted in DIR (same ids, same memory) before serving")
+    rg = v.add_argument_group("Ray Serve (extra [ray]): replicas of the server, requests routed by session id")
+    rg.add_argument("--ray", action="store_true",
+                   help="serve as a Ray Serve application: one server per replica behind Ray's HTTP proxy on "
+                        "--host/--port; every request for a session carries the header x-session-id: ID")
+    rg.add_argument("--replicas", type=positive_int, default=None,
+                   help="replicas (default: one per GPU of the Ray cluster, else 1)")
+    rg.add_argument("--gpus-per-replica", type=nonnegative_float, default=None,
+                   help="GPUs each replica holds (default: 1 on a cluster with GPUs, else 0)")
+    rg.add_argument("--cpus-per-replica", type=nonnegative_float, default=1.0,
+                   help="CPUs each replica holds (default 1)")
+    rg.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. auto, or ray://HOST:10001; default: $RAY_ADDRESS, else a "
+                        "local Ray started here)")
     v.set_defaults(func=run_serve)
 
     from .evaluation.command import add_eval_arguments, run_eval_command

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -48,7 +49,8 @@ def media(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base_url(media):
     config = ServeConfig(token=TOKEN, allow_dirs=(str(media),), allow_hosts=("cameras.example",), max_sessions=3,
-                         budget=64, chunk_frames=2, max_frame_bytes=100_000, max_new_tokens=16)
+                         budget=64, chunk_frames=2, max_frame_bytes=100_000, max_new_tokens=16,
+                         allow_devices=("/dev/null", "/dev/video-ppllava-absent", "/dev/video0"))
     app = create_app(config, adapter=tiny_adapter("qwen2_5_vl"))
     STATE["server"] = app.state.server
     with LiveServer(app) as live:
@@ -186,7 +188,7 @@ def test_watch_alerts_arrive_over_server_sent_events(client, base_url):
     ({"url": "rtsp://evil.example/cam"}, 403, "host 'evil.example' not in the allowed hosts"),
     ({"url": "file:///etc/passwd"}, 403, "scheme 'file' not allowed"),
     ({"path": "file:///etc/passwd"}, 403, "a path is a file path, not a URL"),
-    ({"path": "x", "url": "rtsp://cameras.example/a"}, 400, "exactly one of path and url"),
+    ({"path": "x", "url": "rtsp://cameras.example/a"}, 400, "exactly one of path, url and device"),
 ])
 def test_sources_outside_the_allow_lists_are_refused(client, media, body, status, message):
     sid = new_session(client)
@@ -195,6 +197,67 @@ def test_sources_outside_the_allow_lists_are_refused(client, media, body, status
     r = client.post(f"/sessions/{sid}/source", json=body)
     client.delete(f"/sessions/{sid}")
     assert r.status_code == status and message in r.json()["error"]
+
+
+def _wait_for_source(client, sid: str, prefix: str, seconds: float = 20.0) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        info = client.get(f"/sessions/{sid}").json()
+        if (info["source"] or "").startswith(prefix) or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"device": "/dev/video9"}, 403, "not one of the allowed devices"),
+    ({"device": "/dev/../etc/passwd"}, 403, "not one of the allowed devices"),
+    ({"device": "/dev/null/../../etc/passwd"}, 403, "not one of the allowed devices"),
+    ({"device": "v4l2:///dev/null"}, 403, "a device is a path like /dev/video0, not a URL"),
+    ({"device": "file:///dev/null"}, 403, "a device is a path like /dev/video0, not a URL"),
+    ({"device": "/dev/video-ppllava-absent"}, 404, "no such device"),  # listed, but not plugged in
+    ({"path": "/dev/null"}, 403, "outside the allowed folders"),  # a listed device is never a file source
+    ({"device": "/dev/null", "url": "rtsp://cameras.example/a"}, 400, "exactly one of path, url and device"),
+])
+def test_device_sources_outside_the_allow_list_are_refused(client, body, status, message):
+    sid = new_session(client)
+    r = client.post(f"/sessions/{sid}/source", json=body)
+    client.delete(f"/sessions/{sid}")
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_an_allow_listed_device_is_attached_by_name_or_through_a_symlink(client, tmp_path):
+    # /dev/null stands in for a camera: allow-listed, opened by the reader thread, holds no video
+    link = tmp_path / "camera"
+    link.symlink_to("/dev/null")
+    for device in ("/dev/null", str(link)):
+        sid = new_session(client)
+        r = client.post(f"/sessions/{sid}/source", json={"device": device})
+        assert r.status_code == 202, r.text
+        assert r.json()["source"].split(": ")[1] == "/dev/null"  # the resolved, allow-listed device
+        info = _wait_for_source(client, sid, "error")
+        assert info["source"].startswith("error: /dev/null: ") and "cannot open" in info["source"]
+        assert client.get("/health").json()["status"] == "ok"  # the server goes on
+        client.delete(f"/sessions/{sid}")
+
+
+def test_an_allowed_device_must_be_a_device_path():
+    for bad in ("/etc/passwd", "relative/video0", "rtsp://cam/dev/video0", "/dev/../etc/passwd"):
+        with pytest.raises(ValueError, match="not a device path under /dev/"):
+            ServeConfig(insecure_local=True, allow_devices=(bad,))
+
+
+@pytest.mark.skipif(not os.access("/dev/video0", os.R_OK),
+                    reason="no readable capture device /dev/video0 on this machine")
+def test_a_real_capture_device_streams_frames_in(client):
+    sid = new_session(client)
+    r = client.post(f"/sessions/{sid}/source", json={"device": "/dev/video0", "fps": 2.0})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 30
+    while (info := client.get(f"/sessions/{sid}").json())["frames_seen"] < 2 and time.monotonic() < deadline:
+        assert not info["source"].startswith("error"), info["source"]
+        time.sleep(0.2)
+    client.delete(f"/sessions/{sid}")
+    assert info["frames_seen"] >= 2
 
 
 def test_a_file_source_streams_in_and_ends(client, media):

@@ -18,10 +18,11 @@ server runs ``insecure_local``):
   followed by one binary message with the bytes; the server answers each frame with ``{"queued",
   "frames_received"}`` or ``{"error"}`` (the socket stays open), and sends ``{"alert": {...}}`` whenever
   one of the session's watches fires. Frames are checked and queued exactly like ``POST .../frames``.
-* ``POST /sessions/{id}/source`` ``{"path"}`` (a file under an allow-listed folder) or ``{"url"}`` (an
-  rtsp/http(s) URL whose host is allow-listed), ``"fps"?``, ``"realtime"?``: a reader thread streams it in;
-  a realtime source that falls behind drops chunks by the scheduler's rule (counted); a source that stalls
-  or ends says so in the info's ``source``.
+* ``POST /sessions/{id}/source`` ``{"path"}`` (a file under an allow-listed folder), ``{"url"}`` (an
+  rtsp/http(s) URL whose host is allow-listed) or ``{"device"}`` (an allow-listed capture device such as
+  ``/dev/video0``), ``"fps"?``, ``"realtime"?``: a reader thread streams it in; a realtime source and a
+  device (always live) drop chunks by the scheduler's rule when they fall behind (counted); a source that
+  stalls or ends says so in the info's ``source``.
 * ``POST /sessions/{id}/ask`` ``{"question", "max_new_tokens"?, "stream"?}`` -> ``{"text", "ttft_ms",
   "total_ms", "kv_bytes", "memory_tokens", "frames_seen", "last_frame_time"}``; questions run before queued
   ingest. With ``"stream": true`` the answer comes as server-sent events: ``data: {"token": text}`` per
@@ -46,7 +47,16 @@ that is not the JSON asked for), 429 (too many sessions), 500 (a failure in the 
 goes on). Never a traceback.
 
 Sources: a path is resolved (symlinks and ``..`` included) and must lie inside an allow-listed folder; a URL
-must be rtsp/http/https with an allow-listed host; ``file:`` URLs and everything else are refused.
+must be rtsp/http/https with an allow-listed host; a device is resolved the same way and must be one of the
+allow-listed devices (``allow_devices``, each a path under ``/dev/``; a symlink such as
+``/dev/v4l/by-id/...`` counts as the device it points to); ``file:`` URLs and everything else are refused.
+
+Replicas (``serving.ray_deploy``): with ``replica_id`` set, minted session ids are ``REPLICA-HEX`` (the id
+names the replica that holds the session), ``/health`` reports ``"replica"``, every HTTP response carries
+``X-Replica: REPLICA`` and ``/metrics`` a ``ppllava_replica_info{replica}`` gauge. With ``session_header``
+set (the header the deployment routes by), a request naming a session (``/sessions/{id}...``, the
+WebSocket, or ``"session"`` of ``/v1/chat/completions``) must carry that header with the session's id,
+else 400 (a request without it could reach a replica that does not hold the session).
 """
 
 from __future__ import annotations
@@ -99,6 +109,9 @@ class ServeConfig:
         max_queued: ingest jobs queued per session before the oldest is dropped.
         snapshot_dir: where ``POST /sessions/{id}/snapshot`` writes (None: snapshots disabled); ``serve
             --restore`` reads the same layout.
+        allow_devices: capture devices (paths under ``/dev/``) that may be sources; stored resolved.
+        replica_id: this server's name in a multi-replica deployment (None: a single server).
+        session_header: the request header that names a request's session (None: not required).
     """
 
     model: str = "tiny-qwen2.5-vl"
@@ -117,6 +130,9 @@ class ServeConfig:
     max_new_tokens: int = 256
     max_queued: int = 32
     snapshot_dir: str | None = None
+    allow_devices: tuple[str, ...] = ()
+    replica_id: str | None = None
+    session_header: str | None = None
 
     def __post_init__(self) -> None:
         if not self.insecure_local and not self.token:
@@ -128,6 +144,15 @@ class ServeConfig:
                 raise ValueError(f"serve: {name} must be >= 1, got {getattr(self, name)}")
         self.allow_dirs = tuple(str(Path(d).expanduser().resolve()) for d in self.allow_dirs)
         self.allow_hosts = tuple(h.lower() for h in self.allow_hosts)
+        devices = []
+        for d in self.allow_devices:
+            real = os.path.realpath(d)  # a symlink must lead to a device too, never to a file elsewhere
+            if "://" in d or not os.path.normpath(d).startswith("/dev/") or not real.startswith("/dev/"):
+                raise ValueError(f"serve: allowed device {d!r} is not a device path under /dev/")
+            devices.append(real)
+        self.allow_devices = tuple(devices)
+        if self.replica_id is not None and not self.replica_id.replace("_", "").isalnum():
+            raise ValueError(f"serve: replica_id {self.replica_id!r} must be letters, digits and '_'")
 
 
 class NewSession(BaseModel):
@@ -148,6 +173,7 @@ class NewWatch(BaseModel):
 class Source(BaseModel):
     path: str | None = None
     url: str | None = None
+    device: str | None = None
     fps: float | None = Field(default=1.0, gt=0)
     realtime: bool = False
 
@@ -184,6 +210,34 @@ def check_url(url: str, allow_hosts: tuple[str, ...]) -> str:
     if not host or host not in allow_hosts:
         raise ApiError(403, f"source {url!r}: host {host or '(none)'!r} not in the allowed hosts")
     return url
+
+
+def check_device(device: str, allow_devices: tuple[str, ...]) -> str:
+    """``device`` resolved, if it is one of the allow-listed devices (``ApiError`` 403 / 404 otherwise)."""
+    if not allow_devices:
+        raise ApiError(403, "device sources are disabled (no --allow-device)")
+    if "://" in device or device.startswith("file:"):
+        raise ApiError(403, f"source {device!r}: a device is a path like /dev/video0, not a URL")
+    real = os.path.realpath(device)
+    if real not in allow_devices:
+        raise ApiError(403, f"source {device!r}: not one of the allowed devices")
+    if not os.path.exists(real):
+        raise ApiError(404, f"source {device!r}: no such device")
+    return real
+
+
+def _session_in_path(path: str) -> str | None:
+    """The session id a request path names (``/sessions/{id}`` or below), else None."""
+    parts = path.split("/")
+    return parts[2] if len(parts) > 2 and parts[1] == "sessions" and parts[2] else None
+
+
+def _header_refusal(config: ServeConfig, sid: str, value: str | None) -> str | None:
+    """Why a request for session ``sid`` carrying ``value`` in the session header is refused (None: it is not)."""
+    if config.session_header is None or value == sid:
+        return None
+    return (f"session {sid!r}: send the header {config.session_header}: {sid} with every request for this session "
+            f"(it routes the request to the replica that holds the session)")
 
 
 @dataclass
@@ -305,7 +359,8 @@ class Server:
                                            config=StreamConfig(chunk_frames=chunk))
             except (SpecError, ValueError) as err:
                 raise ApiError(400, f"session: {err}") from None
-            sid = sid or secrets.token_hex(6)
+            if sid is None:
+                sid = f"{self.config.replica_id}-{secrets.token_hex(6)}" if self.config.replica_id else secrets.token_hex(6)
             entry_bytes = (2 * self.adapter.num_layers * self.adapter.text_config.num_key_value_heads
                            * (self.adapter.text_config.hidden_size // self.adapter.text_config.num_attention_heads)
                            * self.adapter.model.dtype.itemsize)
@@ -370,7 +425,9 @@ class Server:
         s.last_enqueued_t = float(times[-1])
         return self.scheduler.ingest(s.sid, job, len(frames))
 
-    def start_source(self, s: ServerSession, source: str, fps: float | None, realtime: bool) -> None:
+    def start_source(self, s: ServerSession, source: str, fps: float | None, realtime: bool, live: bool = False) -> None:
+        """Stream ``source`` into ``s`` on a reader thread; a ``realtime`` or ``live`` source (a device) is not
+        waited for, so when ingest falls behind the scheduler drops its oldest chunks (counted)."""
         from ..video import VideoError, stream_video
 
         try:
@@ -387,7 +444,7 @@ class Server:
                         s.source = f"stopped: {source}"
                         return
                     fut = self.enqueue_frames(s, clip.frames, clip.timestamps + offset)
-                    if not realtime:  # a file at full speed: wait (back-pressure, nothing dropped)
+                    if not realtime and not live:  # a file at full speed: wait (back-pressure, nothing dropped)
                         try:
                             fut.result()
                         except DroppedJob:
@@ -411,6 +468,10 @@ class _SessionCollector:
         sv = self.server
         sessions = list(sv.sessions.values())
         yield GaugeMetricFamily("ppllava_sessions", "sessions held", value=len(sessions))
+        if sv.config.replica_id:
+            info = GaugeMetricFamily("ppllava_replica_info", "the replica answering", labels=["replica"])
+            info.add_metric([sv.config.replica_id], 1)
+            yield info
         yield GaugeMetricFamily("ppllava_queue_depth_total", "jobs queued (questions + ingest)",
                                 value=sv.scheduler.depth())
         kv = GaugeMetricFamily("ppllava_kv_bytes", "key/value bytes held", labels=["session"])
@@ -481,11 +542,20 @@ def create_app(config: ServeConfig, adapter=None, pooling=None, restore: str | N
     @app.middleware("http")
     async def auth(request: Request, call_next):
         # before routing and body parsing, so a request without the token learns nothing else
+        response = None
         if not config.insecure_local and request.url.path not in open_paths:
             header = request.headers.get("authorization", "")
             if not secrets.compare_digest(header.encode(), f"Bearer {config.token}".encode()):
-                return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-        return await call_next(request)
+                response = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        if response is None and (sid := _session_in_path(request.url.path)) is not None:
+            refusal = _header_refusal(config, sid, request.headers.get(config.session_header or ""))
+            if refusal:
+                response = JSONResponse({"error": refusal}, status_code=400)
+        if response is None:
+            response = await call_next(request)
+        if config.replica_id:
+            response.headers["X-Replica"] = config.replica_id
+        return response
 
     async def run(fut):
         try:
@@ -500,7 +570,10 @@ def create_app(config: ServeConfig, adapter=None, pooling=None, restore: str | N
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "sessions": len(server.sessions), "queue": server.scheduler.depth()}
+        answer = {"status": "ok", "sessions": len(server.sessions), "queue": server.scheduler.depth()}
+        if config.replica_id:
+            answer["replica"] = config.replica_id
+        return answer
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -554,6 +627,10 @@ def create_app(config: ServeConfig, adapter=None, pooling=None, restore: str | N
         if not config.insecure_local and not secrets.compare_digest(token.encode(), f"Bearer {config.token}".encode()):
             await ws.close(code=4401, reason="missing or wrong bearer token")
             return
+        refusal = _header_refusal(config, sid, ws.headers.get(config.session_header or ""))
+        if refusal:
+            await ws.close(code=4400, reason=refusal.encode()[:120].decode(errors="ignore"))  # at most 123 bytes
+            return
         s = server.sessions.get(sid)
         if s is None:
             await ws.close(code=4404, reason=f"no session {sid!r}")
@@ -602,13 +679,17 @@ def create_app(config: ServeConfig, adapter=None, pooling=None, restore: str | N
     @app.post("/sessions/{sid}/source", status_code=202)
     async def attach_source(sid: str, body: Source):
         s = server.get(sid)
-        if (body.path is None) == (body.url is None):
-            raise ApiError(400, "source: give exactly one of path and url")
-        source = str(check_path(body.path, config.allow_dirs)) if body.path is not None else \
-            check_url(body.url, config.allow_hosts)
+        if sum(x is not None for x in (body.path, body.url, body.device)) != 1:
+            raise ApiError(400, "source: give exactly one of path, url and device")
+        if body.path is not None:
+            source = str(check_path(body.path, config.allow_dirs))
+        elif body.url is not None:
+            source = check_url(body.url, config.allow_hosts)
+        else:
+            source = check_device(body.device, config.allow_devices)
         if s.source and s.source.startswith("running"):
             raise ApiError(400, f"session {sid!r} already has a source ({s.source})")
-        server.start_source(s, source, body.fps, body.realtime)
+        server.start_source(s, source, body.fps, body.realtime, live=body.device is not None)
         return s.info(server.scheduler)
 
     @app.post("/sessions/{sid}/ask")
@@ -709,6 +790,9 @@ def create_app(config: ServeConfig, adapter=None, pooling=None, restore: str | N
         if not 1 <= max_new <= config.max_new_tokens:
             raise ApiError(400, f"max_tokens {max_new}: must be in [1, {config.max_new_tokens}]")
         if body.get("session"):
+            refusal = _header_refusal(config, str(body["session"]), request.headers.get(config.session_header or ""))
+            if refusal:
+                raise ApiError(400, refusal)
             s = server.get(str(body["session"]))
             session = s.session
         elif video is not None:

@@ -94,6 +94,11 @@ class Scheduler:
                 self._turns.remove(session_id)
             self.dropped.pop(session_id, None)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (False after ``close()`` or if it died)."""
+        return self._thread.is_alive()
+
     def depth(self, session_id: str | None = None) -> int:
         """Queued jobs: of one session's ingest, or questions + all ingest."""
         with self._cond:
