@@ -49,6 +49,7 @@ EXTRA_OF_MODULE = {
     "uvicorn": "serve",
     "prometheus_client": "serve",
     "pycocoevalcap": "captions",
+    "ray": "ray",
 }
 
 
