@@ -66,7 +66,7 @@ GLOBAL_PROBE = "Summarize the whole document so far, with its key facts."
 COLORS = ["blue", "red", "green", "yellow", "black", "white", "orange", "purple", "silver", "golden", "brown", "grey"]
 OBJECTS = ["door", "box", "car", "lamp", "chair", "boat", "clock", "gate", "bag", "bottle", "tower", "key"]
 MODEL_POSITIONS = 8192  # SmolLM2's max_position_embeddings
-POLICIES = ["full", "window", "sink", "snapkv", "hermes", "uniform", "retrieval"]
+POLICIES = ["full", "window", "sink", "snapkv", "hermes", "uniform", "retrieval", "retrieval-tokens"]
 RESULTS_VERSION = 2  # bump when the raw per-policy results change shape (invalidates --cache-dir entries)
 
 
@@ -216,8 +216,8 @@ def build_policy(name: str, args) -> MemoryPolicy:
         return make_policy("snapkv", budget=args.budget, prompt=GLOBAL_PROBE)
     if name == "full":
         return make_policy("full")
-    if name == "retrieval" and args.retrieve_budget is not None:
-        return make_policy("retrieval", budget=args.budget, retrieve_budget=args.retrieve_budget)
+    if name.startswith("retrieval") and args.retrieve_budget is not None:
+        return make_policy(name, budget=args.budget, retrieve_budget=args.retrieve_budget)
     return make_policy(name, budget=args.budget)
 
 
@@ -547,18 +547,18 @@ def write_report(rows, results, needles, control, args, command, full_span: int)
         lines.append(f"| {name} | {res['stream_s']:.1f} | {res['compress_s']:.1f} | {res['replay_s']:.1f} | "
                      f"{np.mean(res['question_s']):.2f} | {res['cache_tokens']} | {res['kv_bytes'] / 2**20:.1f} MiB | "
                      f"{host} |")
-    if "retrieval" in results:
-        res = results["retrieval"]
+    for rname in [n for n in ("retrieval", "retrieval-tokens") if n in results]:
+        res = results[rname]
         rep = res["retrieved"]
-        lines += ["", f"Retrieval per question (host store: {res['stored_tokens']} entries per layer, "
+        lines += ["", f"{rname} per question (host store: {res['stored_tokens']} entries per layer, "
                   f"{res['host_bytes'] / 2**20:.1f} MiB of keys and values + {res['summary_bytes'] / 2**20:.2f} MiB "
                   "of summaries; blocks = chunks, frame id = chunk index):", "",
                   "| needle depth | needle chunk(s) | rank of the needle's block | retrieved? | blocks scored | "
-                  "entries retrieved | score s | build s | code log-prob (retrieval / window / full) |",
+                  f"entries retrieved | score s | build s | code log-prob ({rname} / window / full) |",
                   "|---:|---|---:|---|---:|---:|---:|---:|---|"]
         for i, (nd, r) in enumerate(zip(needles, rep, strict=True)):
             lps = " / ".join(_fmt(float(np.mean(results[n]["logprobs"][i]))) if n in results else "-"
-                             for n in ("retrieval", "window", "full"))
+                             for n in (rname, "window", "full"))
             lines.append(f"| {nd['depth']:.2f} | {r['needle_chunks']} | {r['rank'] if r['rank'] else '-'} | "
                          f"{'yes' if r['hit'] else ('no' if r['in_store'] else 'resident')} | {r['blocks_scored']} | {r['tokens_retrieved']} | "
                          f"{r['score_s']:.2f} | {r['build_s']:.2f} | {lps} |")
