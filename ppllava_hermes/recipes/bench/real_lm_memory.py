@@ -550,7 +550,7 @@ def write_report(rows, results, needles, control, args, command, full_span: int)
     for rname in [n for n in ("retrieval", "retrieval-tokens") if n in results]:
         res = results[rname]
         rep = res["retrieved"]
-        lines += ["", f"{rname} per question (host store: {res['stored_tokens']} entries per layer, "
+        lines += ["", f"{rname.capitalize()} per question (host store: {res['stored_tokens']} entries per layer, "
                   f"{res['host_bytes'] / 2**20:.1f} MiB of keys and values + {res['summary_bytes'] / 2**20:.2f} MiB "
                   "of summaries; blocks = chunks, frame id = chunk index):", "",
                   "| needle depth | needle chunk(s) | rank of the needle's block | retrieved? | blocks scored | "
