@@ -174,3 +174,18 @@ def test_snapkv_keeps_attention_peaks_with_their_neighbours():
     for layer in syn.cache.layers:
         kept = layer.uids[layer.kinds == int(TokenKind.VISUAL)].tolist()
         assert kept == list(range(peak - 2, peak + 3))
+
+
+def test_scores_do_not_depend_on_the_layers_probe_layers_skips():
+    """Layers where recency weighs 1 ignore attention: a probe without them (None) gives bit-identical scores."""
+    syn = Synthetic(frames=8, mrope=False, num_layers=10)
+    n = len(syn.cache.layers[0])
+    g = torch.Generator().manual_seed(3)
+    full = AttentionProbe(scores={name: [torch.rand(n, generator=g) for _ in range(10)] for name in ("local", "global")})
+    policy = Hermes(budget=8, anchors=2, headroom=64)
+    need = policy.probe_layers(10)
+    assert need == {"local": [2, 3, 4, 5, 6], "global": [2, 3, 4, 5, 6, 7, 8, 9]}  # 0 shallow, 1 top of middle: a = 1
+    reduced = AttentionProbe(scores={name: [s if i in need[name] else None for i, s in enumerate(rows)]
+                                     for name, rows in full.scores.items()})
+    for a, b in zip(policy.scores(syn.cache, full), policy.scores(syn.cache, reduced), strict=True):
+        assert torch.equal(a, b)

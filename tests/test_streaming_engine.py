@@ -180,3 +180,55 @@ def test_text_lm_runs_on_the_same_engine():
     assert engine.next_position == engine.cache.max_position() + 1  # re-indexed, contiguous
     out = engine.generate(lm.tokenize("question"), GenerationConfig(max_new_tokens=3))
     assert len(out.token_ids) <= 3 and out.cache_tokens == engine.cache.physical_length()
+
+
+def tiny_text_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ppllava_hermes.models.text_lm import CausalLMAdapter
+    from ppllava_hermes.testing import byte_tokenizer
+
+    tok = byte_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    return CausalLMAdapter(LlamaForCausalLM(cfg).eval(), tok, system_prompt="Hi.")
+
+
+@pytest.mark.parametrize(("policy", "anchors"), [("hermes", 0), ("hermes", 6), ("snapkv", 0)])
+@pytest.mark.parametrize("every", [1, 3])
+def test_compress_every_k_chunks_peaks_at_the_budget_plus_k_chunks(policy, anchors, every):
+    """Compression on every k-th chunk over budget: between two compressions exactly k chunks pile up, so the
+    memory peaks at system + budget + (anchors held) + k chunks, and never more."""
+    lm, chunk, budget = tiny_text_lm(), 12, 40
+    options = {"anchors": anchors} if policy == "hermes" else {}
+    engine = KVEngine(lm, make_policy(policy, budget=budget, headroom=64, compress_every=every, **options))
+    system = engine.start(lm.prefix_text())
+    g = torch.Generator().manual_seed(1)
+    lengths, compressed, left = [], [], []
+    for k in range(24):
+        ids = torch.randint(5, 250, (chunk,), generator=g)
+        engine.prefill(lm.text_segment(ids, engine.next_position, TokenKind.VISUAL, frame_id=k))
+        lengths.append(engine.cache.physical_length())
+        if engine.compress() is not None:
+            compressed.append(k)
+            left.append(engine.cache.physical_length())
+            held_anchors = engine.cache.count(TokenKind.ANCHOR, lm.num_layers - 1)
+            assert left[-1] == system + budget + held_anchors  # back to the budget (+ the anchors it holds)
+    first = next(k for k in range(24) if lengths[k] - system > budget)
+    assert compressed == list(range(first + every - 1, 24, every))  # on the k-th chunk over budget, each time
+    assert lengths[compressed[0]] <= system + budget + every * chunk
+    for after, b in zip(left, compressed[1:], strict=False):
+        assert lengths[b] == after + every * chunk  # exactly k chunks in between
+    peak = max(lengths)
+    assert peak <= system + budget + anchors + every * chunk
+    if anchors == 0:
+        assert peak == system + budget + every * chunk
+    per_entry = engine.cache.kv_bytes() // engine.cache.physical_length()
+    assert engine.stats.peak_kv_bytes == peak * per_entry
+
+
+@pytest.mark.parametrize("policy", ["hermes", "snapkv"])
+def test_compress_every_must_be_at_least_one(policy):
+    with pytest.raises(ValueError, match=rf"^{policy}: compress_every must be >= 1 chunk, got 0$"):
+        make_policy(policy, budget=40, compress_every=0)

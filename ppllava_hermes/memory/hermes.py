@@ -32,6 +32,12 @@ kept; ANCHOR entries are kept and only merge):
 7. Position re-indexing (``positions.reindex_cache``), lazy (ref) or eager; queries start after the
    last kept position.
 
+Cost (ours): the probe runs only where its attention has any weight. A layer whose recency weight ``a``
+is 1 (the reference's shallow tier and the top of the middle band) ranks by recency alone, so neither
+prompt is computed there (:meth:`Hermes.probe_layers`); the engine runs both prompts in one forward with
+the model's own attention implementation and stops after the deepest layer that needs one
+(``models/probe.py``). ``compress_every`` trades a bounded overshoot of the budget for fewer compressions.
+
 Shapes: keys / values ``(batch, kv_heads, N, head_dim)``, positions ``(pos_dims, N)``, scores ``(N_visual,)``.
 Knows nothing of video, pooling or a model family: entries, metadata, attention and a RoPE spec.
 """
@@ -58,6 +64,9 @@ if TYPE_CHECKING:
 
 SHALLOW, MIDDLE, DEEP = 0, 1, 2
 
+#: The probe prompts each tier's attention term averages.
+TIER_PROMPTS = {SHALLOW: ("local",), MIDDLE: ("local", "global"), DEEP: ("global",)}
+
 LOCAL_PROMPT = "Describe what is happening in the current scene, in detail."
 GLOBAL_PROMPT = "Summarize everything that has happened in the video so far."
 
@@ -79,6 +88,13 @@ class Hermes(ReindexingPolicy):
         headroom: positions kept free under the model maximum: one chunk + a question and its answer
             (ref: 1024).
         local_prompt / global_prompt: the pseudo-queries of the attention probe.
+        compress_every: compress on every k-th chunk that finds the memory over budget (ref: 1, after
+            every chunk; k > 1 is ours). Between compressions up to k chunks pile up, so a
+            layer holds at most ``system + budget + a + k * chunk`` entries (``a`` <= ``anchors``: the deep
+            layers' anchors after the last compression; ``chunk``: the largest chunk's tokens), against
+            ``system + budget + a + chunk`` for k = 1, and questions asked in between see those extra
+            entries. The probe and the policy's work then run once per k chunks. ``headroom`` must cover
+            the positions of k chunks plus a question and its answer.
     """
 
     name: ClassVar[str] = "hermes"
@@ -94,6 +110,7 @@ class Hermes(ReindexingPolicy):
     headroom: int = 1024
     local_prompt: str = LOCAL_PROMPT
     global_prompt: str = GLOBAL_PROMPT
+    compress_every: int = 1
 
     def __post_init__(self) -> None:
         if self.budget < 1:
@@ -116,10 +133,23 @@ class Hermes(ReindexingPolicy):
         self.check_reindex_options()
         if not self.local_prompt.strip() or not self.global_prompt.strip():
             raise ValueError("hermes: probe prompts must not be empty")
+        if self.compress_every < 1:
+            raise ValueError(f"hermes: compress_every must be >= 1 chunk, got {self.compress_every}")
 
     @property
     def probe_prompts(self) -> dict[str, str]:  # type: ignore[override]
         return {"local": self.local_prompt, "global": self.global_prompt}
+
+    def probe_layers(self, num_layers: int) -> dict[str, list[int]]:
+        """The layers each prompt's attention is read at: its tier's layers whose recency weight ``a`` is
+        below 1 (at ``a = 1`` the score is recency alone, ``(1 - a) * A = 0`` whatever ``A``)."""
+        need: dict[str, list[int]] = {"local": [], "global": []}
+        for i in range(num_layers):
+            if self.recency_params(i, num_layers)[0] >= 1.0:
+                continue
+            for name in TIER_PROMPTS[self.tier(i, num_layers)[0]]:
+                need[name].append(i)
+        return {name: layers for name, layers in need.items() if layers}
 
     # ---- configuration checks --------------------------------------------------------------------
     def check_model(self, rope: RopeSpec | None, num_layers: int) -> None:
@@ -236,9 +266,10 @@ class Hermes(ReindexingPolicy):
         """``(length,)`` attention of the layer's tier prompt(s); zeros without a probe."""
         if probe is None:
             return torch.zeros(length)
-        tier = self.tier(layer, num_layers)[0]
-        names = {SHALLOW: ["local"], MIDDLE: ["local", "global"], DEEP: ["global"]}[tier]
-        found = [probe.scores[n][layer].float().cpu()[:length] for n in names if n in probe.scores]
+        names = TIER_PROMPTS[self.tier(layer, num_layers)[0]]
+        # None: a layer the probe skipped (probe_layers: recency only there, so any value gives the same score).
+        rows = [probe.scores[n][layer] for n in names if n in probe.scores]
+        found = [r.float().cpu()[:length] for r in rows if r is not None]
         if not found:
             return torch.zeros(length)
         return torch.stack(found).mean(dim=0)

@@ -33,11 +33,18 @@ class SnapKV(ReindexingPolicy):
     """Per layer, keep the ``budget`` visual entries with the highest pooled probe attention.
 
     Attributes:
-        budget: visual entries kept per layer.
+        budget: visual entries kept per layer (ours: 4096, as HERMES).
         kernel: width of the max-pooling over neighbouring entries (ref: 7; odd).
-        prompt: the observation window's text (a pseudo-query).
-        reindex: "lazy" or "eager" position re-indexing.
-        headroom: positions kept free under the model maximum (one chunk + a question and answer).
+        prompt: the observation window's text (ours: a pseudo-query; ref: the prompt's last tokens).
+        reindex: "lazy" or "eager" position re-indexing (ours: lazy, as HERMES).
+        headroom: positions kept free under the model maximum (ours: 1024, one chunk + a question and
+            answer).
+        compress_every: compress on every k-th chunk that finds the memory over budget (ours: 1, after
+            every chunk, as HERMES; k > 1 trades an overshoot for fewer compressions). A layer then holds
+            at most ``system + budget + k * chunk`` entries (``chunk``: the largest chunk's tokens) against
+            ``system + budget + chunk`` for k = 1, and questions asked in between see the extra entries;
+            the probe and the selection run once per k chunks. ``headroom`` must cover k chunks' positions
+            plus a question and its answer.
     """
 
     name: ClassVar[str] = "snapkv"
@@ -47,6 +54,7 @@ class SnapKV(ReindexingPolicy):
     prompt: str = "Summarize everything that has happened in the video so far."
     reindex: str = "lazy"
     headroom: int = 1024
+    compress_every: int = 1
 
     def __post_init__(self) -> None:
         if self.budget < 1:
@@ -55,6 +63,8 @@ class SnapKV(ReindexingPolicy):
             raise ValueError(f"snapkv: kernel must be a positive odd width, got {self.kernel}")
         if not self.prompt.strip():
             raise ValueError("snapkv: the observation prompt must not be empty")
+        if self.compress_every < 1:
+            raise ValueError(f"snapkv: compress_every must be >= 1 chunk, got {self.compress_every}")
         self.check_reindex_options()
 
     @property

@@ -233,6 +233,33 @@ class LMAdapter(ABC):
         finally:
             config._attn_implementation = previous
 
+    # ---- the memory probe's hook point (``models/probe.py``) -------------------------------------
+    def attention_modules(self) -> list[torch.nn.Module]:
+        """The self-attention module of each decoder layer, in layer order: the probe hooks their query
+        projections (``q_proj``, or ``q_norm`` where the family normalises queries) and their outputs."""
+        return [layer.self_attn for layer in self.language_model.layers]
+
+    def probe_forward(self, segment_embeds: torch.Tensor, meta: TokenMeta, cache,
+                      attention_mask: torch.Tensor | None = None) -> None:
+        """Run the decoder stack on text probe tokens, without the LM head (the probe reads what it needs
+        through hooks; keys and values are appended to ``cache``, which the caller cuts back).
+
+        Args:
+            segment_embeds: ``(L, D')`` input embeddings of text tokens; the first ``hidden_size`` channels
+                are used (a family that packs more per row, Qwen3-VL's DeepStack, leaves zeros there for text).
+            meta: the tokens' positions (``(pos_dims, L)``) and kinds.
+            attention_mask: None (causal over cache + tokens) or ``(1, 1, L, len(cache) + L)`` additive float
+                mask in the model's dtype (several probe prompts in one forward, each seeing only the cache and
+                itself).
+        """
+        self.language_model(
+            inputs_embeds=segment_embeds[:, : self.text_config.hidden_size].unsqueeze(0).to(self.dtype),
+            position_ids=self.lm_positions(meta).to(self.device),
+            attention_mask=attention_mask,
+            use_cache=True,
+            **cache_kwargs(self.language_model, cache),
+        )
+
 
 class VLMAdapter(LMAdapter):
     """Base class of the per-family VLM adapters. Subclasses wrap a HF ``...ForConditionalGeneration``."""

@@ -11,8 +11,10 @@ text-LM benchmark) and offers five operations:
 - :meth:`KVEngine.rollback` is a context manager: whatever is prefilled inside it, and any cache swapped in
   for the duration (a question-time cache), is gone on exit, normal or not; the memory is then bit-exactly
   what it was.
-- :meth:`KVEngine.compress` lets the policy act, with the attention probe it asks for (run inside a
-  rollback); it is the one place policy time is measured.
+- :meth:`KVEngine.compress` lets the policy act, with the attention probe it asks for (only the prompts
+  and layers the policy reads, all prompts in one forward, with the model's own attention implementation:
+  ``models/probe.py``), on every ``compress_every``-th chunk that finds the memory over budget; it is the
+  one place policy time is measured.
 - :meth:`KVEngine.generate` answers: an optional question-time cache from the policy
   (``MemoryPolicy.question_cache``), the question prefill, then greedy or sampled decoding, all inside a
   rollback. :meth:`KVEngine.next_token_logits` is its first step alone (a watch's decision).
@@ -34,6 +36,7 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogit
 
 from ..memory.cache import MemoryCache, TokenKind, TokenMeta
 from ..memory.policy import AttentionProbe, CompressResult, FullCache, MemoryPolicy
+from ..models.probe import PROBE_METHODS, probe_attention
 
 if TYPE_CHECKING:
     from ..models.base import LMAdapter, Segment
@@ -100,13 +103,23 @@ class Generation:
 
 
 class KVEngine:
-    """One language model (an :class:`~ppllava_hermes.models.base.LMAdapter`) over a bounded KV memory."""
+    """One language model (an :class:`~ppllava_hermes.models.base.LMAdapter`) over a bounded KV memory.
+
+    ``probe_method`` is how probe attention is computed (``models/probe.py``): ``"auto"`` (default: from
+    the probe tokens' captured queries, with the model's own attention implementation, where that is
+    tested equal to eager; eager elsewhere), ``"queries"`` or ``"eager"`` (the reference: one eager forward
+    per prompt with ``output_attentions``). It may be changed between calls.
+    """
 
     def __init__(self, lm: LMAdapter, memory: MemoryPolicy | None = None, *, record_logits: bool = False,
-                 stats: EngineStats | None = None) -> None:
+                 stats: EngineStats | None = None, probe_method: str = "auto") -> None:
+        if probe_method not in PROBE_METHODS:
+            raise ValueError(f"probe_method must be one of {PROBE_METHODS}, got {probe_method!r}")
         self.lm = lm
         self.memory = memory or FullCache()
         self.record_logits = record_logits
+        self.probe_method = probe_method
+        self._prompt_ids: dict[str, torch.Tensor] = {}
         self.rope = lm.rope_spec()
         self.memory.check_model(self.rope, lm.num_layers)
         self.reset(stats)
@@ -121,6 +134,7 @@ class KVEngine:
         self._positions_warned = False
         self._rollback_depth = 0
         self._stream_cache = self.cache
+        self._chunks_over_budget = 0  # chunks since the last compression that found the memory over budget
 
     # ---- the model step -------------------------------------------------------------------------
     def start(self, system_text: str) -> int:
@@ -228,10 +242,14 @@ class KVEngine:
             self.use_cache(*built)
         return built is not None
 
-    def _note_question_bytes(self, cache: MemoryCache) -> None:
-        """Peak KV at question time: ``cache`` plus the stream's own memory, which stays resident beside it."""
+    def _note_question_bytes(self, cache: MemoryCache, extra_tokens: int = 0) -> None:
+        """Peak KV at question time: ``cache`` (with ``extra_tokens`` more entries per layer, a probe's keys
+        during its forward) plus the stream's own memory, which stays resident beside it."""
         resident = self._stream_cache.kv_bytes() if cache is not self._stream_cache else 0
-        self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, cache.kv_bytes() + resident)
+        held, length = cache.kv_bytes(), cache.physical_length()
+        if extra_tokens and length:
+            held += held // length * extra_tokens  # every entry of a layer takes the same bytes
+        self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, held + resident)
 
     # ---- probes and compression -----------------------------------------------------------------
     @torch.no_grad()
@@ -241,35 +259,52 @@ class KVEngine:
         Returns one ``(len(cache),)`` float CPU tensor per layer: the weight each entry received, averaged
         over heads and the prompt's tokens. No metadata is committed.
         """
-        length = cache.physical_length()
         seg = self.lm.text_segment(ids, start, TokenKind.TEXT)
-        try:
-            with self.lm.eager_attention():
-                _, attentions = self.lm.forward(seg.embeds, seg.meta, cache, output_attentions=True)
-            if self._rollback_depth and cache is not self.cache:  # a question-time scoring cache
-                self._note_question_bytes(cache)
-        finally:
-            cache.truncate(length)
-        # (1, heads, L_q, L_kv) per layer -> mean over heads and queries, past entries only.
-        return [a[0, :, :, :length].float().mean(dim=(0, 1)).cpu() for a in attentions]
+        if self._rollback_depth and cache is not self.cache:  # a question-time scoring cache
+            # The probe's keys sit beside it for one forward; counted as the eager path did.
+            self._note_question_bytes(cache, extra_tokens=len(seg))
+        return probe_attention(self.lm, cache, [seg], method=self.probe_method)[0]  # type: ignore[return-value]
 
-    def probe(self, prompts: dict[str, str]) -> AttentionProbe:
-        """Attention of each pseudo-query prompt to the current memory; the memory is unchanged."""
-        probe = AttentionProbe()
-        for name, text in prompts.items():
-            probe.scores[name] = self.attention_over(self.cache, self.lm.tokenize(text), self.next_position)
-        return probe
+    @torch.no_grad()
+    def probe(self, prompts: dict[str, str], layers: dict[str, list[int]] | None = None) -> AttentionProbe:
+        """Attention of each pseudo-query prompt to the current memory; the memory is unchanged.
+
+        ``layers``: per prompt, the layers wanted (a prompt absent from it: every layer); the others come
+        back as None. All prompts run at the next position, in one forward where the attention
+        implementation takes a mask (``models/probe.py``).
+        """
+        names = list(prompts)
+        segs = [self.lm.text_segment(self._tokens(prompts[n]), self.next_position, TokenKind.TEXT) for n in names]
+        wanted = [None if layers is None or n not in layers else layers[n] for n in names]
+        rows = probe_attention(self.lm, self.cache, segs, wanted, method=self.probe_method)
+        return AttentionProbe(scores=dict(zip(names, rows, strict=True)))
+
+    def _tokens(self, text: str) -> torch.Tensor:
+        """``(L,)`` ids of a probe prompt (tokenized once: the same prompts run after every chunk)."""
+        if text not in self._prompt_ids:
+            self._prompt_ids[text] = self.lm.tokenize(text)
+        return self._prompt_ids[text]
 
     def compress(self) -> CompressResult | None:
         """Let the policy shrink the memory (None when it has nothing to do); timed here only.
 
-        Called after every chunk; it also warns, once per stream, when positions pass the model's limit.
+        Called after every chunk. The policy acts on every ``memory.compress_every``-th call that finds the
+        memory over its budget (1: every such call), after a probe of only the prompts and layers its
+        ``probe_layers`` names (none: no probe). It also warns, once per stream, when positions pass the
+        model's limit.
         """
         if not self.memory.wants_compress(self.cache):
             self._check_positions()
             return None
+        self._chunks_over_budget += 1
+        if self._chunks_over_budget < max(1, int(getattr(self.memory, "compress_every", 1))):
+            self._check_positions()
+            return None
+        self._chunks_over_budget = 0
         t0 = time.perf_counter()
-        probe = self.probe(self.memory.probe_prompts) if self.memory.probe_prompts else None
+        layers = self.memory.probe_layers(self.lm.num_layers) if self.memory.probe_prompts else {}
+        prompts = {n: t for n, t in self.memory.probe_prompts.items() if layers.get(n)}
+        probe = self.probe(prompts, layers) if prompts else None
         result = self.memory.compress(self.cache, self.rope, probe, self.next_position)
         result.seconds = time.perf_counter() - t0
         if result.next_position is not None:
