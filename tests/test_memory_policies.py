@@ -78,6 +78,12 @@ def stream_and_check(family: str, name: str, budget: int, sizes: list[int], chun
     ad = adapter(family, max_position)
     session = StreamingSession(ad, memory=build(name, budget), config=StreamConfig(chunk_frames=chunk_frames))
     frames, times = random_frames(sum(sizes), seed=len(sizes))
+    return feed_and_check(session, frames, times, sizes, name, budget, max_position)
+
+
+def feed_and_check(session: StreamingSession, frames, times, sizes: list[int], name: str, budget: int,
+                   max_position: int) -> StreamingSession:
+    """Feed ``frames`` in calls of ``sizes`` frames, checking the row's invariants after each; returns ``session``."""
     system = None
     start = 0
     for size in sizes:
