@@ -666,6 +666,269 @@ def _events(items: Sequence[tuple[int, QARecord]]) -> list[_Event]:
     return sorted(events)
 
 
+class _StreamingRun:
+    """The event loop of :func:`run_streaming`: one video's records through one streaming session.
+
+    Events: each record becomes events in time order (:func:`_events`; equal times keep the order of
+    ``items``). An ``ask`` is a question at its timestamp (after the whole video when it has none); a
+    ``probe`` is one of an OVO-Bench forward record's timed questions (its result comes with its last
+    probe); a ``poll`` starts a forward / proactive record (no probes) at its timestamp. Each kind has its
+    handler (:meth:`on_ask`, :meth:`on_probe`, :meth:`on_poll`), dispatched by :meth:`handle`.
+
+    Causality: frames are read in time order and buffered; every event whose time is before a frame's
+    is handled before that frame is buffered, and the buffer is fed to the session just before a
+    question (:meth:`feed`), so a question at ``t`` sees every frame ``<= t`` and none after it.
+    :func:`check_causal` checks this at every question (``CausalityError`` otherwise).
+
+    Forward records, once started, stay *active* until decided. With ``forward_mode == "poll"`` each is
+    asked at its start and again after every ``engine.poll_frames`` new frames (:meth:`poll_active`),
+    and decided when the model says the event happened (:meth:`poll`); with ``"watch"`` each is a
+    standing query (``StreamingSession.watch``) decided by its first firing (:meth:`check_watch`). One
+    whose tolerance window has closed is a miss, as is one still active at the end of the stream. The
+    stream stops being read once no event is pending and no record is active; events after its last
+    frame are handled at the end, at the time of the last frame (or their own, when later).
+
+    Resume: a record in ``known`` gives no result and is not asked, but the stream is fed at its times
+    (a known forward record is still polled: its answers decide when the stream is fed), so every other
+    answer is what an uninterrupted run had.
+
+    Errors: an event that raises gives its record an error result (:meth:`fail`, once per record: a
+    probe record's later probes are skipped) and the loop goes on. When the video cannot be read (or its
+    last frames ingested), the records still waiting, pending or active, fail with that reason.
+    """
+
+    def __init__(self, items: Sequence[tuple[int, QARecord]], source: VideoSource, engine: Engine,
+                 on_ask: AskHook | None = None, on_result: ResultHook | None = None,
+                 known: Collection[int] = ()) -> None:
+        self.source = source
+        self.engine = engine
+        self.settings = engine.settings
+        self.ask_hook = on_ask  # not ``on_ask``: that name is the handler of "ask" events
+        self.known = known
+        self.session = engine.new_session()
+        self.pending = deque(_events(items))
+        self.probe_left: defaultdict[int, int] = defaultdict(int)
+        for ev in self.pending:
+            if ev.kind == "probe":
+                self.probe_left[ev.index] += 1
+        self.probe_answers: dict[int, list[tuple[dict[str, Any], Answer, bool]]] = defaultdict(list)
+        self.active: list[_Forward] = []
+        self.results: list[RecordResult] = _Results(on_result)
+        # records already given an error result (probe records have several events)
+        self.failed: set[int] = set()
+        self.buf_frames: list[np.ndarray] = []
+        self.buf_times: list[float] = []
+        self.ingest_s = 0.0
+        self.now = -math.inf  # time of the newest frame handed to the session
+
+    def feed(self) -> None:
+        if self.buf_frames:
+            t0 = time.perf_counter()
+            try:
+                self.session.add_frames(np.stack(self.buf_frames), np.asarray(self.buf_times))
+            finally:  # frames that failed to go in are dropped: retrying them would repeat timestamps
+                self.ingest_s += time.perf_counter() - t0
+                self.buf_frames.clear()
+                self.buf_times.clear()
+
+    def ask(self, record: QARecord, prompt: str, t: float) -> Answer:
+        self.feed()  # a partial temporal group stays pending: ask() sees it without changing the memory
+        check_causal(self.session, t, f"record {record.qid!r}")
+        if self.ask_hook is not None:
+            self.ask_hook(self.session, record, t)
+        return self.session.ask(prompt, self.engine.generation)
+
+    def poll(self, fw: _Forward, t: float) -> bool:
+        """forward_mode "poll": ask ``fw`` at ``t``; finish it if the model says the event happened (True)."""
+        fw.polls += 1
+        fw.last = self.ask(fw.record, fw.prompt, t)
+        window = forward_window(fw.record, self.settings.forward_tolerance)
+        fired = says_now(fw.last.text) or (
+            not fw.record.options and fw.record.extra.get("ground_truth_time") is not None
+            and score_open(fw.last.text, str(fw.record.answer))
+        )
+        if not fired:
+            return False
+        session = self.session
+        rt = session.last_frame_time if session.last_frame_time is not None else t
+        ok = window is not None and window[0] - 1e-9 <= rt <= window[1] + 1e-9
+        if "ground_truth_time" in fw.record.extra and not fw.record.extra.get("event_time"):
+            ok = ok and score_answer(fw.record, fw.last.text, self.engine.judge)  # proactive: content too
+        self.finish_forward(fw, ok, rt)
+        return True
+
+    def finish_forward(self, fw: _Forward, ok: bool, rt: float | None, error: str | None = None) -> None:
+        if fw.index in self.known:
+            return
+        self.results.append(self.engine.result(
+            fw.index, fw.record, self.session, fw.last, prompt=fw.prompt,
+            prediction=fw.last.text if fw.last else "", correct=ok, asked_at=fw.record.timestamp,
+            ingest_s=self.ingest_s, response_time=rt, polls=fw.polls, error=error,
+        ))
+
+    def check_watch(self, fw: _Forward) -> bool:
+        """forward_mode "watch": finish ``fw`` if its watch fired; True when done."""
+        session = self.session
+        w = session.watches[fw.watch_id]
+        fw.polls = w.decisions
+        if not w.fired:
+            return False
+        rt = w.fired[0].time
+        window = forward_window(fw.record, self.settings.forward_tolerance)
+        if window is not None and rt > window[1] + 1e-9:  # it fired only after the window had closed: a miss
+            session.unwatch(fw.watch_id)
+            self.finish_forward(fw, False, None)
+            return True
+        ok = window is not None and window[0] - 1e-9 <= rt <= window[1] + 1e-9
+        if "ground_truth_time" in fw.record.extra and not fw.record.extra.get("event_time"):
+            fw.last = self.ask(fw.record, fw.prompt, rt)  # proactive: the content is scored too
+            ok = ok and score_answer(fw.record, fw.last.text, self.engine.judge)
+        elif fw.last is None:
+            fw.last = Answer(text=w.fired[0].text, token_ids=[], ttft_s=0.0, total_s=0.0,
+                             cache_tokens=session.cache.physical_length(), kv_bytes=session.cache.kv_bytes(),
+                             visual_tokens_seen=session.stats.visual_tokens, frames_seen=session.stats.frames,
+                             last_frame_time=rt)
+        session.unwatch(fw.watch_id)
+        self.finish_forward(fw, ok, rt)
+        return True
+
+    def handle(self, ev: _Event, t: float) -> None:
+        """Handle one event at ``t`` with its kind's handler; if it raises, that is its record's result."""
+        try:
+            if ev.kind == "poll":
+                self.on_poll(ev, t)
+            elif ev.index in self.known:  # answered before: fed as if asked, not asked
+                self.feed()
+            elif ev.kind == "probe":
+                self.on_probe(ev, t)
+            else:
+                self.on_ask(ev, t)
+        except Exception as err:  # ask() restored the memory: the stream goes on
+            self.fail(ev.index, ev.record, err, t)
+
+    def on_poll(self, ev: _Event, t: float) -> None:
+        """A forward record starts: a standing query ("watch"), or asked now and active until it fires."""
+        fw = _Forward(ev.index, ev.record, self.engine.prompt(ev.record))
+        if self.settings.forward_mode == "watch":
+            self.feed()  # decisions start with the chunks after the question's time
+            fw.watch_id = self.session.watch(ev.record.question)
+            self.active.append(fw)
+        elif not self.poll(fw, t):
+            self.active.append(fw)
+
+    def on_probe(self, ev: _Event, t: float) -> None:
+        """One probe of a forward record with probes; its last one gives the record's result."""
+        if ev.index in self.failed:
+            return
+        p = ev.probe or {}
+        answer = self.ask(ev.record, str(p["question"]), t)
+        self.probe_answers[ev.index].append((p, answer, score_open(answer.text, str(p["answer"]))))
+        self.probe_left[ev.index] -= 1
+        if self.probe_left[ev.index] == 0:
+            self.results.append(_probe_result(self.engine, ev.index, ev.record, self.session,
+                                              self.probe_answers.pop(ev.index), self.ingest_s))
+
+    def on_ask(self, ev: _Event, t: float) -> None:
+        """A question asked once, at ``t``."""
+        record = ev.record
+        prompt = self.engine.prompt(record)
+        answer = self.ask(record, prompt, t)
+        ok = score_answer(record, answer.text, self.engine.judge)
+        self.results.append(self.engine.result(ev.index, record, self.session, answer, prompt=prompt,
+                                               prediction=answer.text, correct=ok, asked_at=t,
+                                               ingest_s=self.ingest_s))
+
+    def fail(self, index: int, record: QARecord, err: BaseException | str, t: float | None) -> None:
+        if index not in self.failed and index not in self.known:
+            self.failed.add(index)
+            self.probe_answers.pop(index, None)
+            self.results.append(error_result(index, record, err, asked_at=t))
+
+    def poll_active(self) -> None:
+        """Decide the active forward records at the newest frame: fired, window closed, or polled again."""
+        t = self.now
+        session = self.session
+        if self.settings.forward_mode == "watch":
+            self.feed()  # every whole chunk in: its decisions are made
+        for fw in list(self.active):
+            window = forward_window(fw.record, self.settings.forward_tolerance)
+            if fw.watch_id is not None and fw.watch_id in session.watches and self.check_watch(fw):
+                self.active.remove(fw)
+                continue
+            if window is not None and t > window[1] + 1e-9:
+                if fw.watch_id is not None and fw.watch_id in session.watches:
+                    session.unwatch(fw.watch_id)
+                self.finish_forward(fw, False, None)  # the window has closed: a miss, whatever comes later
+                self.active.remove(fw)
+                continue
+            if fw.watch_id is not None:
+                continue
+            try:
+                fired = self.poll(fw, t)
+            except Exception as err:
+                self.fail(fw.index, fw.record, err, t)
+                fired = True
+            if fired:
+                self.active.remove(fw)
+
+    def run(self) -> list[RecordResult]:
+        """Read the stream frame by frame, handling events and polls on the way, then the end of it."""
+        settings, pending, active = self.settings, self.pending, self.active
+        since_poll = 0
+        broken: str | None = None  # why the video could not be read (or ingested) to its end
+        stream = None
+        try:
+            stream = self.source.stream(fps=settings.fps, chunk_frames=settings.chunk_frames)
+            for clip in stream:
+                for frame, t in zip(clip.frames, clip.timestamps, strict=True):
+                    t = float(t)
+                    # Every frame up to a question's time is in before it is asked, and no later one.
+                    while pending and pending[0].time < t:
+                        ev = pending.popleft()
+                        self.handle(ev, ev.time)
+                    if not pending and not active:
+                        break
+                    self.buf_frames.append(frame)
+                    self.buf_times.append(t)
+                    self.now = t
+                    since_poll += 1
+                    if active and since_poll >= self.engine.poll_frames:
+                        since_poll = 0
+                        self.poll_active()
+                    elif not active:
+                        since_poll = 0
+                else:
+                    continue
+                break  # nothing left to ask: stop reading the stream
+        except Exception as err:  # the video: the records still waiting fail with its reason
+            where = f" after {self.now:.2f}s" if math.isfinite(self.now) else ""
+            broken = f"the video could not be read{where}: {' '.join(str(err).split()) or type(err).__name__}"
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+        if broken is None:
+            try:
+                self.feed()
+            except Exception as err:
+                reason = " ".join(str(err).split()) or type(err).__name__
+                broken = f"the last frames could not be ingested: {reason}"
+        if broken is not None:
+            for ev in pending:
+                self.fail(ev.index, ev.record, broken, None)
+            for fw in active:
+                self.fail(fw.index, fw.record, broken, None)
+            return list(self.results)
+        if active and since_poll:
+            self.poll_active()
+        while pending:  # questions after the end of the stream
+            ev = pending.popleft()
+            end = self.now if math.isfinite(self.now) else 0.0  # no frame at all: asked at the start
+            self.handle(ev, max(end, ev.time) if math.isfinite(ev.time) else end)
+        for fw in active:  # never fired: a miss
+            self.finish_forward(fw, False, None)
+        return list(self.results)
+
+
 def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, engine: Engine,
                   on_ask: AskHook | None = None, on_result: ResultHook | None = None,
                   known: Collection[int] = ()) -> list[RecordResult]:
@@ -678,210 +941,7 @@ def run_streaming(items: Sequence[tuple[int, QARecord]], source: VideoSource, en
 
     A record whose question fails (the model raises, its frames cannot be ingested) gets an error result
     (:func:`error_result`) and the stream goes on; when the video cannot be read any further, the records
-    still waiting get one. ``on_result`` receives each result as it comes.
+    still waiting get one. ``on_result`` receives each result as it comes. The event loop itself:
+    :class:`_StreamingRun`.
     """
-    settings = engine.settings
-    session = engine.new_session()
-    pending = deque(_events(items))
-    probe_left = defaultdict(int)
-    for ev in pending:
-        if ev.kind == "probe":
-            probe_left[ev.index] += 1
-    probe_answers: dict[int, list[tuple[dict[str, Any], Answer, bool]]] = defaultdict(list)
-    active: list[_Forward] = []
-    results: list[RecordResult] = _Results(on_result)
-    failed: set[int] = set()  # records already given an error result (probe records have several events)
-    buf_frames: list[np.ndarray] = []
-    buf_times: list[float] = []
-    ingest_s = 0.0
-    now = -math.inf  # time of the newest frame handed to the session
-
-    def feed() -> None:
-        nonlocal ingest_s
-        if buf_frames:
-            t0 = time.perf_counter()
-            try:
-                session.add_frames(np.stack(buf_frames), np.asarray(buf_times))
-            finally:  # frames that failed to go in are dropped: retrying them would repeat timestamps
-                ingest_s += time.perf_counter() - t0
-                buf_frames.clear()
-                buf_times.clear()
-
-    def ask(record: QARecord, prompt: str, t: float) -> Answer:
-        feed()  # a partial temporal group stays pending: ask() sees it without changing the memory
-        check_causal(session, t, f"record {record.qid!r}")
-        if on_ask is not None:
-            on_ask(session, record, t)
-        return session.ask(prompt, engine.generation)
-
-    def poll(fw: _Forward, t: float) -> bool:
-        fw.polls += 1
-        fw.last = ask(fw.record, fw.prompt, t)
-        window = forward_window(fw.record, settings.forward_tolerance)
-        fired = says_now(fw.last.text) or (
-            not fw.record.options and fw.record.extra.get("ground_truth_time") is not None
-            and score_open(fw.last.text, str(fw.record.answer))
-        )
-        if not fired:
-            return False
-        rt = session.last_frame_time if session.last_frame_time is not None else t
-        ok = window is not None and window[0] - 1e-9 <= rt <= window[1] + 1e-9
-        if "ground_truth_time" in fw.record.extra and not fw.record.extra.get("event_time"):
-            ok = ok and score_answer(fw.record, fw.last.text, engine.judge)  # proactive: content too
-        finish_forward(fw, ok, rt)
-        return True
-
-    def finish_forward(fw: _Forward, ok: bool, rt: float | None, error: str | None = None) -> None:
-        if fw.index in known:
-            return
-        results.append(engine.result(
-            fw.index, fw.record, session, fw.last, prompt=fw.prompt,
-            prediction=fw.last.text if fw.last else "", correct=ok, asked_at=fw.record.timestamp,
-            ingest_s=ingest_s, response_time=rt, polls=fw.polls, error=error,
-        ))
-
-    def check_watch(fw: _Forward) -> bool:
-        """forward_mode "watch": finish ``fw`` if its watch fired; True when done."""
-        w = session.watches[fw.watch_id]
-        fw.polls = w.decisions
-        if not w.fired:
-            return False
-        rt = w.fired[0].time
-        window = forward_window(fw.record, settings.forward_tolerance)
-        if window is not None and rt > window[1] + 1e-9:  # it fired only after the window had closed: a miss
-            session.unwatch(fw.watch_id)
-            finish_forward(fw, False, None)
-            return True
-        ok = window is not None and window[0] - 1e-9 <= rt <= window[1] + 1e-9
-        if "ground_truth_time" in fw.record.extra and not fw.record.extra.get("event_time"):
-            fw.last = ask(fw.record, fw.prompt, rt)  # proactive: the content is scored too
-            ok = ok and score_answer(fw.record, fw.last.text, engine.judge)
-        elif fw.last is None:
-            fw.last = Answer(text=w.fired[0].text, token_ids=[], ttft_s=0.0, total_s=0.0,
-                             cache_tokens=session.cache.physical_length(), kv_bytes=session.cache.kv_bytes(),
-                             visual_tokens_seen=session.stats.visual_tokens, frames_seen=session.stats.frames,
-                             last_frame_time=rt)
-        session.unwatch(fw.watch_id)
-        finish_forward(fw, ok, rt)
-        return True
-
-    def handle(ev: _Event, t: float) -> None:
-        record = ev.record
-        if ev.kind == "poll":
-            fw = _Forward(ev.index, record, engine.prompt(record))
-            if settings.forward_mode == "watch":
-                feed()  # decisions start with the chunks after the question's time
-                fw.watch_id = session.watch(record.question)
-                active.append(fw)
-            elif not poll(fw, t):
-                active.append(fw)
-            return
-        if ev.kind != "poll" and ev.index in known:  # answered before: fed as if asked, not asked
-            feed()
-            return
-        if ev.kind == "probe":
-            if ev.index in failed:
-                return
-            p = ev.probe or {}
-            answer = ask(record, str(p["question"]), t)
-            probe_answers[ev.index].append((p, answer, score_open(answer.text, str(p["answer"]))))
-            probe_left[ev.index] -= 1
-            if probe_left[ev.index] == 0:
-                results.append(_probe_result(engine, ev.index, record, session, probe_answers.pop(ev.index),
-                                             ingest_s))
-            return
-        prompt = engine.prompt(record)
-        answer = ask(record, prompt, t)
-        ok = score_answer(record, answer.text, engine.judge)
-        results.append(engine.result(ev.index, record, session, answer, prompt=prompt, prediction=answer.text,
-                                     correct=ok, asked_at=t, ingest_s=ingest_s))
-
-    def fail(index: int, record: QARecord, err: BaseException | str, t: float | None) -> None:
-        if index not in failed and index not in known:
-            failed.add(index)
-            probe_answers.pop(index, None)
-            results.append(error_result(index, record, err, asked_at=t))
-
-    def safe_handle(ev: _Event, t: float) -> None:
-        try:
-            handle(ev, t)
-        except Exception as err:  # this record's failure is its result; ask() restored the memory
-            fail(ev.index, ev.record, err, t)
-
-    def poll_active() -> None:
-        t = now
-        if settings.forward_mode == "watch":
-            feed()  # every whole chunk in: its decisions are made
-        for fw in list(active):
-            window = forward_window(fw.record, settings.forward_tolerance)
-            if fw.watch_id is not None and fw.watch_id in session.watches and check_watch(fw):
-                active.remove(fw)
-                continue
-            if window is not None and t > window[1] + 1e-9:
-                if fw.watch_id is not None and fw.watch_id in session.watches:
-                    session.unwatch(fw.watch_id)
-                finish_forward(fw, False, None)  # the window has closed: a miss, whatever comes later
-                active.remove(fw)
-                continue
-            if fw.watch_id is not None:
-                continue
-            try:
-                fired = poll(fw, t)
-            except Exception as err:
-                fail(fw.index, fw.record, err, t)
-                fired = True
-            if fired:
-                active.remove(fw)
-
-    since_poll = 0
-    broken: str | None = None  # why the video could not be read (or ingested) to its end
-    stream = None
-    try:
-        stream = source.stream(fps=settings.fps, chunk_frames=settings.chunk_frames)
-        for clip in stream:
-            for frame, t in zip(clip.frames, clip.timestamps, strict=True):
-                t = float(t)
-                # Every frame up to a question's time is in before it is asked, and no later one.
-                while pending and pending[0].time < t:
-                    ev = pending.popleft()
-                    safe_handle(ev, ev.time)
-                if not pending and not active:
-                    break
-                buf_frames.append(frame)
-                buf_times.append(t)
-                now = t
-                since_poll += 1
-                if active and since_poll >= engine.poll_frames:
-                    since_poll = 0
-                    poll_active()
-                elif not active:
-                    since_poll = 0
-            else:
-                continue
-            break  # nothing left to ask: stop reading the stream
-    except Exception as err:  # the video: the records still waiting fail with its reason
-        where = f" after {now:.2f}s" if math.isfinite(now) else ""
-        broken = f"the video could not be read{where}: {' '.join(str(err).split()) or type(err).__name__}"
-    close = getattr(stream, "close", None)
-    if close is not None:
-        close()
-    if broken is None:
-        try:
-            feed()
-        except Exception as err:
-            broken = f"the last frames could not be ingested: {' '.join(str(err).split()) or type(err).__name__}"
-    if broken is not None:
-        for ev in pending:
-            fail(ev.index, ev.record, broken, None)
-        for fw in active:
-            fail(fw.index, fw.record, broken, None)
-        return list(results)
-    if active and since_poll:
-        poll_active()
-    while pending:  # questions after the end of the stream
-        ev = pending.popleft()
-        end = now if math.isfinite(now) else 0.0  # no frame at all: asked at the start
-        safe_handle(ev, max(end, ev.time) if math.isfinite(ev.time) else end)
-    for fw in active:  # never fired: a miss
-        finish_forward(fw, False, None)
-    return list(results)
+    return _StreamingRun(items, source, engine, on_ask=on_ask, on_result=on_result, known=known).run()
