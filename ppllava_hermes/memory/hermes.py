@@ -32,6 +32,12 @@ kept; ANCHOR entries are kept and only merge):
 7. Position re-indexing (``positions.reindex_cache``), lazy (ref) or eager; queries start after the
    last kept position.
 
+:meth:`Hermes.compress` runs these as named steps, in this order: :meth:`Hermes.scores` (1-3: each
+layer's visual entries scored), :meth:`Hermes.plan_slots` (4, 6: how many of its best entries each layer
+keeps), :meth:`Hermes.fold_anchors` (5: deep layers keep theirs and fold the rest into anchors),
+:meth:`Hermes.select_kept` (4: the other layers keep theirs and drop the rest) and
+:meth:`~.policy.ReindexingPolicy.reindex_positions` (7). Timing is the engine's.
+
 Cost (ours): the probe runs only where its attention has any weight. A layer whose recency weight ``a``
 is 1 (the reference's shallow tier and the top of the middle band) ranks by recency alone, so neither
 prompt is computed there (:meth:`Hermes.probe_layers`); the engine runs both prompts in one forward with
@@ -45,7 +51,6 @@ Knows nothing of video, pooling or a model family: entries, metadata, attention 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -69,6 +74,35 @@ TIER_PROMPTS = {SHALLOW: ("local",), MIDDLE: ("local", "global"), DEEP: ("global
 
 LOCAL_PROMPT = "Describe what is happening in the current scene, in detail."
 GLOBAL_PROMPT = "Summarize everything that has happened in the video so far."
+
+
+@dataclass
+class SlotPlan:
+    """What :meth:`Hermes.plan_slots` decided for one compression, per layer.
+
+    Attributes:
+        visual: ``(N_visual,)`` long indices of the layer's visual entries, in cache order.
+        order: ``(N_visual,)`` long, the visual entries by descending score (stable).
+        keep: how many of the best-ordered visual entries the layer keeps.
+        anchored: the layers (the deep ones) whose other visual entries fold into anchors.
+    """
+
+    visual: list[torch.Tensor]
+    order: list[torch.Tensor]
+    keep: list[int]
+    anchored: frozenset[int]
+
+    def kept(self, layer: int) -> torch.Tensor:
+        """Indices of the visual entries the layer keeps, best first."""
+        return self.visual[layer][self.order[layer][: self.keep[layer]]]
+
+    def dropped(self, layer: int) -> torch.Tensor:
+        """Indices of the visual entries the layer lets go, best first."""
+        return self.visual[layer][self.order[layer][self.keep[layer]:]]
+
+    def folds(self, layer: int) -> bool:
+        """Whether the layer folds what it lets go into anchors (a deep layer with something to let go)."""
+        return layer in self.anchored and self.dropped(layer).numel() > 0
 
 
 @dataclass
@@ -192,9 +226,24 @@ class Hermes(ReindexingPolicy):
 
     def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
                  next_position: int) -> CompressResult:
-        t0 = time.perf_counter()
-        num_layers = cache.num_layers
         scores = self.scores(cache, probe)
+        plan = self.plan_slots(cache, scores)
+        before = [len(layer) for layer in cache.layers]
+        merged = self.fold_anchors(cache, plan, rope)
+        self.select_kept(cache, plan)
+        evicted = max([0, *(n - len(layer) for n, layer in zip(before, cache.layers, strict=True))])
+        new_next = self.reindex_positions(cache, rope, next_position)
+        return CompressResult(evicted=evicted, merged=merged, next_position=new_next)
+
+    # ---- slots, folding, selection -----------------------------------------------------------------
+    def plan_slots(self, cache: MemoryCache, scores: list[torch.Tensor]) -> SlotPlan:
+        """How many of its best-scored visual entries each layer keeps (module docstring, steps 4 and 6).
+
+        The deep layers' anchor counts at the plain budget fix the common number of memory slots,
+        ``budget + a``; non-deep layers keep that many visual entries, deep layers with fewer anchors keep
+        next-best entries until their lengths match.
+        """
+        num_layers = cache.num_layers
         visual = [(layer.kinds == int(TokenKind.VISUAL)).nonzero().squeeze(1) for layer in cache.layers]
         order = [torch.argsort(s, descending=True, stable=True) for s in scores]
         deep = self._deep_layers(num_layers)
@@ -215,26 +264,30 @@ class Hermes(ReindexingPolicy):
                 k = min(n_visual, slots - a)
                 a = self._anchor_count(cache.layers[i], visual[i], order[i], k)
             keep_counts.append(k)
+        return SlotPlan(visual=visual, order=order, keep=keep_counts, anchored=frozenset(first))
 
-        evicted = merged = 0
+    def fold_anchors(self, cache: MemoryCache, plan: SlotPlan, rope: RopeSpec) -> int:
+        """Deep layers with entries to drop keep their planned entries and fold the others into per-frame
+        anchors (:meth:`_fold`); returns the most entries folded in one layer."""
+        merged = 0
         for i, layer in enumerate(cache.layers):
-            k = keep_counts[i]
-            kept = visual[i][order[i][:k]]
-            dropped = visual[i][order[i][k:]]
-            before = len(layer)
-            if i in first and dropped.numel():
+            if plan.folds(i):
+                dropped = plan.dropped(i)
                 merged = max(merged, int(dropped.numel()))
-                self._fold(layer, kept, dropped, rope)
-            else:
-                others = (layer.kinds != int(TokenKind.VISUAL)).nonzero().squeeze(1)
-                layer.select(torch.sort(torch.cat([others, kept])).values)
-            evicted = max(evicted, before - len(layer))
+                self._fold(layer, plan.kept(i), dropped, rope)
+        return merged
+
+    def select_kept(self, cache: MemoryCache, plan: SlotPlan) -> None:
+        """Every layer :meth:`fold_anchors` left alone keeps its non-visual entries and its planned visual
+        ones, in cache order; then all layers must hold the same number of entries."""
+        for i, layer in enumerate(cache.layers):
+            if plan.folds(i):
+                continue
+            others = (layer.kinds != int(TokenKind.VISUAL)).nonzero().squeeze(1)
+            layer.select(torch.sort(torch.cat([others, plan.kept(i)])).values)
         lengths = {len(layer) for layer in cache.layers}
         if len(lengths) != 1:  # a bug, not a configuration problem: fail loudly
             raise RuntimeError(f"hermes: layers ended with different lengths {sorted(lengths)}")
-        new_next = self.reindex_positions(cache, rope, next_position)
-        return CompressResult(evicted=evicted, merged=merged, next_position=new_next,
-                              seconds=time.perf_counter() - t0)
 
     # ---- scoring ---------------------------------------------------------------------------------
     def scores(self, cache: MemoryCache, probe: AttentionProbe | None) -> list[torch.Tensor]:

@@ -42,7 +42,6 @@ Knows nothing of video, pooling or a model family: entries, metadata and a RoPE 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -230,13 +229,12 @@ class TokenMerge(ReindexingPolicy):
 
     def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
                  next_position: int) -> CompressResult:
-        t0 = time.perf_counter()
         step = self.merge(cache, rope)
         new_next = None
         if step.merged:  # no merge, no gap: positions stay as they are
             new_next = self.reindex_positions(cache, rope, next_position)
         self.mark_seen(cache)
-        return CompressResult(merged=step.merged, next_position=new_next, seconds=time.perf_counter() - t0)
+        return CompressResult(merged=step.merged, next_position=new_next)
 
     def mark_seen(self, cache: MemoryCache) -> None:
         """Entries held now are decided: only later ones are candidates next time."""
@@ -435,7 +433,6 @@ class MergeThenEvict(MemoryPolicy):
 
     def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
                  next_position: int) -> CompressResult:
-        t0 = time.perf_counter()
         step = self.merge.merge(cache, rope)
         result = CompressResult()
         if self.evict.wants_compress(cache):
@@ -445,7 +442,6 @@ class MergeThenEvict(MemoryPolicy):
                                                  headroom=self.merge.headroom)
         self.merge.mark_seen(cache)
         result.merged += step.merged
-        result.seconds = time.perf_counter() - t0
         return result
 
 

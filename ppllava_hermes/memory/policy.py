@@ -7,14 +7,13 @@ values, positions and token metadata only: nothing of video, pooling or a model 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
-from .cache import MemoryCache
+from .cache import MemoryCache, MemoryLayer, TokenKind
 from .positions import REINDEX_MODES, reindex_cache
 
 if TYPE_CHECKING:
@@ -29,7 +28,9 @@ class CompressResult:
         evicted: entries removed per layer (max over layers).
         merged: entries folded into others (anchors, merges), max over layers.
         next_position: where the next token's positions start after re-indexing (None: unchanged).
-        seconds: wall time spent compressing.
+        seconds: wall time spent compressing, its probe included: filled in by the engine
+            (``streaming.engine.KVEngine.compress``), which times every policy the same way; policies
+            leave it at 0.
     """
 
     evicted: int = 0
@@ -160,8 +161,11 @@ class ReindexingPolicy(MemoryPolicy):
 
     Subclasses are dataclasses with ``reindex`` ("eager" or "lazy") and ``headroom`` (positions kept
     free under the model maximum) fields; this class holds what they share: the validation of those
-    two options, the RoPE requirement (keys are re-rotated), the budget checks at setup, and the
-    re-indexing step that ends a compression.
+    two options (:meth:`check_reindex_options`), the RoPE requirement (keys are re-rotated:
+    :meth:`check_model`), the budget checks at setup (:meth:`check_room`), the re-indexing step that
+    ends a compression (:meth:`reindex_positions`) and, for policies whose layers hold the same entries,
+    the selection of one set of entries in every layer (:meth:`select_everywhere`). Timing is the
+    engine's (:attr:`CompressResult.seconds`).
     """
 
     reindex: str
@@ -188,14 +192,76 @@ class ReindexingPolicy(MemoryPolicy):
         """Re-index the cache's positions with this policy's mode and headroom; returns the next position."""
         return reindex_cache(cache, rope, next_position, mode=self.reindex, headroom=self.headroom)
 
-    def select_everywhere(self, cache: MemoryCache, keep: torch.Tensor, rope: RopeSpec, next_position: int,
-                          t0: float) -> CompressResult:
+    def select_everywhere(self, cache: MemoryCache, keep: torch.Tensor, rope: RopeSpec,
+                          next_position: int) -> CompressResult:
         """Keep the entries ``keep`` ``(N,)`` bool marks in every layer (policies whose layers hold the same
-        entries), re-index, and report; ``t0`` is when the compression began (``time.perf_counter``)."""
+        entries), re-index, and report."""
         index = keep.nonzero().squeeze(1)
         evicted = len(cache.layers[0]) - index.numel()
         for layer in cache.layers:
             layer.select(index)
         new_next = self.reindex_positions(cache, rope, next_position)
-        return CompressResult(evicted=evicted, next_position=new_next, seconds=time.perf_counter() - t0)
+        return CompressResult(evicted=evicted, next_position=new_next)
 
+
+def keep_top(kinds: torch.Tensor, scores: torch.Tensor, budget: int) -> torch.Tensor:
+    """``(M,)`` long, increasing: the entries a layer keeps under a per-entry score.
+
+    Every entry whose kind (``kinds`` ``(N,)``) is not VISUAL is kept, and of the visual entries the
+    ``budget`` with the highest ``scores`` (``(N_visual,)`` float, one per visual entry in cache order);
+    all of them when there are at most ``budget``. Ties go towards newer (later) entries: ``1e-9 * rank /
+    N_visual`` is added before ``torch.topk`` (the rule SnapKV has always used, kept bit for bit). That
+    offset is only representable next to small scores (float32: below about ``1e-9 / N_visual`` relative
+    to the score), so it decides ties at or near 0 (e.g. no probe: the newest entries win); exact ties
+    at larger values (the plateaus max-pooling makes) fall to ``torch.topk``'s order, which torch does
+    not specify.
+    """
+    visual = (kinds == int(TokenKind.VISUAL)).nonzero().squeeze(1)
+    if scores.shape != visual.shape:
+        raise ValueError(f"keep_top: {visual.numel()} visual entries but scores of shape {tuple(scores.shape)}")
+    others = (kinds != int(TokenKind.VISUAL)).nonzero().squeeze(1)
+    if visual.numel() <= budget:
+        return torch.sort(torch.cat([others, visual])).values
+    scores = scores + 1e-9 * torch.arange(scores.numel()) / scores.numel()
+    kept = visual[torch.topk(scores, budget).indices]
+    return torch.sort(torch.cat([others, kept])).values
+
+
+class ScoringPolicy(ReindexingPolicy):
+    """Base of the policies that score each layer's visual entries and keep the best ``budget`` of them.
+
+    A subclass (a dataclass with ``budget``, ``reindex`` and ``headroom`` fields) implements only
+    :meth:`score`; this class's :meth:`compress` does, per layer whose visual entries exceed the budget,
+    the shared keep-top (:func:`keep_top`: the ``budget`` best-scored visual entries plus every non-visual
+    entry, in their original order, ties towards newer entries), then re-indexes positions once
+    (:meth:`~ReindexingPolicy.reindex_positions`). Layers may hold different entries. It also supplies
+    the setup check (:meth:`~ReindexingPolicy.check_room` at ``budget``) and :meth:`wants_compress`
+    (more visual entries than ``budget``).
+    """
+
+    budget: int
+
+    def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
+        self.check_room(rope, num_system_tokens, self.budget)
+
+    def wants_compress(self, cache: MemoryCache) -> bool:
+        return cache.count(TokenKind.VISUAL) > self.budget
+
+    def score(self, index: int, layer: MemoryLayer, probe: AttentionProbe | None) -> torch.Tensor:
+        """``(N_visual,)`` float CPU scores of layer ``index``'s visual entries, in cache order (higher: keep).
+
+        Called only for layers holding more than ``budget`` visual entries.
+        """
+        raise NotImplementedError
+
+    def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
+                 next_position: int) -> CompressResult:
+        evicted = 0
+        for i, layer in enumerate(cache.layers):
+            if int((layer.kinds == int(TokenKind.VISUAL)).sum()) <= self.budget:
+                continue
+            before = len(layer)
+            layer.select(keep_top(layer.kinds, self.score(i, layer, probe), self.budget))
+            evicted = max(evicted, before - len(layer))
+        new_next = self.reindex_positions(cache, rope, next_position)
+        return CompressResult(evicted=evicted, next_position=new_next)

@@ -248,12 +248,11 @@ class Retrieval(RecentWindow):
     # ---- ingest: the window, offloading what it evicts ------------------------------------------
     def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
                  next_position: int) -> CompressResult:
-        t0 = time.perf_counter()
         layer0 = cache.layers[0]
         self._register(layer0)
         keep = (layer0.kinds != int(TokenKind.VISUAL)) | self._keep_visual(layer0)
         self._offload(cache, (~keep).nonzero().squeeze(1), rope)
-        result = self.select_everywhere(cache, keep, rope, next_position, t0)
+        result = self.select_everywhere(cache, keep, rope, next_position)
         held = torch.isin(self._ref_uids, cache.layers[0].uids)
         self._ref_uids, self._ref_positions = self._ref_uids[held], self._ref_positions[:, held]
         return result

@@ -4,29 +4,29 @@ Based on "Efficient Streaming Language Models with Attention Sinks" (Xiao et al.
 models dump attention on the first tokens, so keeping them (the sinks) and a window of recent tokens
 keeps a stream stable; positions are assigned within the cache, not the original text. Here the
 system prompt is always kept and the sinks are the first ``sink_tokens`` visual entries after it.
-Knows nothing of video: entries, kinds and positions.
+The rule is a score (:meth:`StreamingLLM.score`: sinks first, then recency); keeping the top ``budget``
+entries and re-indexing are :class:`~.policy.ScoringPolicy`'s. Knows nothing of video: entries, kinds
+and positions.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-from .cache import MemoryCache, TokenKind
-from .policy import (
-    AttentionProbe,
-    CompressResult,
-    ReindexingPolicy,
-)
+import torch
 
-if TYPE_CHECKING:
-    from .rope import RopeSpec
+from .cache import MemoryLayer, TokenKind
+from .policy import AttentionProbe, ScoringPolicy
 
 
 @dataclass
-class StreamingLLM(ReindexingPolicy):
+class StreamingLLM(ScoringPolicy):
     """Keep the system prompt, the first ``sink_tokens`` visual entries and the newest ones.
+
+    Expressed as a score (:meth:`score`) under :class:`~.policy.ScoringPolicy`'s keep-top: the sinks
+    outrank every other visual entry, which rank by recency, so the top ``budget`` are the sinks plus the
+    newest ``budget - sink_tokens``.
 
     Attributes:
         budget: visual entries kept per layer, sinks included.
@@ -51,20 +51,10 @@ class StreamingLLM(ReindexingPolicy):
             )
         self.check_reindex_options()
 
-    def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
-        self.check_room(rope, num_system_tokens, self.budget)
-
-    def wants_compress(self, cache: MemoryCache) -> bool:
-        return cache.count(TokenKind.VISUAL) > self.budget
-
-    def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
-                 next_position: int) -> CompressResult:
-        t0 = time.perf_counter()
-        layer0 = cache.layers[0]
-        visual = layer0.kinds == int(TokenKind.VISUAL)
-        vis_idx = visual.nonzero().squeeze(1)
-        recent = self.budget - self.sink_tokens
-        keep = ~visual
-        keep[vis_idx[: self.sink_tokens]] = True
-        keep[vis_idx[-recent:]] = True
-        return self.select_everywhere(cache, keep, rope, next_position, t0)  # the same entries in every layer
+    def score(self, index: int, layer: MemoryLayer, probe: AttentionProbe | None) -> torch.Tensor:
+        """``(N_visual,)``: the visual entry's rank in cache order (newer: higher), plus ``N_visual`` for the
+        first ``sink_tokens`` (the sinks outrank everything). Integers, exact in float64; no ties."""
+        n = int((layer.kinds == int(TokenKind.VISUAL)).sum())
+        score = torch.arange(n, dtype=torch.float64)
+        score[: self.sink_tokens] += n
+        return score

@@ -5,32 +5,29 @@ SnapKV scores the prefix by the attention of the prompt's last tokens (the obser
 keeps the top entries after a 1-D pooling that keeps neighbours of peaks. A stream has no question
 yet, so the window is a fixed pseudo-query (the probe), and since a layer's entries are shared by its
 KV heads here, scores are averaged over heads (the original selects per head). No tiers, no recency,
-no anchors: the attention-only ablation of HERMES. Knows nothing of video: entries and attention.
+no anchors: the attention-only ablation of HERMES. The score is :meth:`SnapKV.score`; keeping the top
+entries per layer and re-indexing are :class:`~.policy.ScoringPolicy`'s. Knows nothing of video: entries
+and attention.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from .cache import MemoryCache, TokenKind
-from .policy import (
-    AttentionProbe,
-    CompressResult,
-    ReindexingPolicy,
-)
-
-if TYPE_CHECKING:
-    from .rope import RopeSpec
+from .cache import MemoryLayer, TokenKind
+from .policy import AttentionProbe, ScoringPolicy
 
 
 @dataclass
-class SnapKV(ReindexingPolicy):
+class SnapKV(ScoringPolicy):
     """Per layer, keep the ``budget`` visual entries with the highest pooled probe attention.
+
+    The score (the probe's attention max-pooled over ``kernel`` neighbours) is :meth:`score`; the
+    keep-top (ties towards newer entries) and the re-indexing are :class:`~.policy.ScoringPolicy`'s.
 
     Attributes:
         budget: visual entries kept per layer (ours: 4096, as HERMES).
@@ -71,30 +68,12 @@ class SnapKV(ReindexingPolicy):
     def probe_prompts(self) -> dict[str, str]:  # type: ignore[override]
         return {"window": self.prompt}
 
-    def setup(self, cache: MemoryCache, rope: RopeSpec, num_system_tokens: int) -> None:
-        self.check_room(rope, num_system_tokens, self.budget)
-
-    def wants_compress(self, cache: MemoryCache) -> bool:
-        return cache.count(TokenKind.VISUAL) > self.budget
-
-    def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
-                 next_position: int) -> CompressResult:
-        t0 = time.perf_counter()
-        evicted = 0
-        for i, layer in enumerate(cache.layers):
-            visual = (layer.kinds == int(TokenKind.VISUAL)).nonzero().squeeze(1)
-            if visual.numel() <= self.budget:
-                continue
-            if probe is not None and "window" in probe.scores:
-                attention = probe.scores["window"][i].float().cpu()[visual]
-            else:  # no probe: newest entries win (ties broken towards the end below)
-                attention = torch.zeros(visual.numel())
-            pooled = F.max_pool1d(attention[None, None], self.kernel, stride=1, padding=self.kernel // 2)[0, 0]
-            pooled = pooled + 1e-9 * torch.arange(pooled.numel()) / pooled.numel()
-            kept = visual[torch.topk(pooled, self.budget).indices]
-            others = (layer.kinds != int(TokenKind.VISUAL)).nonzero().squeeze(1)
-            before = len(layer)
-            layer.select(torch.sort(torch.cat([others, kept])).values)
-            evicted = max(evicted, before - len(layer))
-        new_next = self.reindex_positions(cache, rope, next_position)
-        return CompressResult(evicted=evicted, next_position=new_next, seconds=time.perf_counter() - t0)
+    def score(self, index: int, layer: MemoryLayer, probe: AttentionProbe | None) -> torch.Tensor:
+        """``(N_visual,)``: the "window" probe's attention on the layer's visual entries, max-pooled over
+        ``kernel`` neighbouring visual entries; zeros without a probe (the newest entries then win)."""
+        visual = (layer.kinds == int(TokenKind.VISUAL)).nonzero().squeeze(1)
+        if probe is not None and "window" in probe.scores:
+            attention = probe.scores["window"][index].float().cpu()[visual]
+        else:
+            attention = torch.zeros(visual.numel())
+        return F.max_pool1d(attention[None, None], self.kernel, stride=1, padding=self.kernel // 2)[0, 0]

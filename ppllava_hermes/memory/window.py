@@ -7,7 +7,6 @@ Knows nothing of video beyond the per-entry frame ids the cache holds.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -87,8 +86,7 @@ class RecentWindow(ReindexingPolicy):
 
     def compress(self, cache: MemoryCache, rope: RopeSpec, probe: AttentionProbe | None,
                  next_position: int) -> CompressResult:
-        t0 = time.perf_counter()
         layer0 = cache.layers[0]
         keep = (layer0.kinds != int(TokenKind.VISUAL)) | self._keep_visual(layer0)
         # every layer holds the same entries under this policy
-        return self.select_everywhere(cache, keep, rope, next_position, t0)
+        return self.select_everywhere(cache, keep, rope, next_position)
