@@ -60,6 +60,7 @@ CASES: dict[str, Case] = {
                          _bounded(ANCHORS)),
     "retrieval": Case(lambda b: make_policy("retrieval", budget=b, headroom=64), _bounded()),
     "retrieval-tokens": Case(lambda b: make_policy("retrieval-tokens", budget=b, headroom=64), _bounded()),
+    "novelty": Case(lambda b: make_policy("novelty", budget=b, headroom=64), _bounded()),
 }
 NAMES = list(CASES)
 

@@ -12,6 +12,8 @@ and per-entry metadata (frame id, kind, count). One policy per file:
 - ``retrieval.Retrieval`` ("retrieval"): the window on the accelerator, evicted frames offloaded to host
   memory and retrieved by the question's attention (ReKV-style); ``retrieval.TokenRetrieval``
   ("retrieval-tokens") ranks a stored frame by its best entry instead of its mean key.
+- ``novelty.NoveltyKV`` ("novelty"): the newest frames plus the entries least like anything older in memory
+  (event-aware importance: one copy of each distinct thing the stream showed).
 - ``merge.TokenMerge`` / ``merge.MergeThenEvict`` ("merge"): DMC-style append-or-merge, then HERMES
   when a budget is given; ``proportional`` adds log(count) to attention.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 from .cache import MemoryCache, MemoryLayer, TokenKind, TokenMeta
 from .hermes import Hermes
 from .merge import KeyDimDecider, MergeThenEvict, SimilarityDecider, TokenMerge, merge_policy
+from .novelty import NoveltyKV
 from .policy import AttentionProbe, CompressResult, FullCache, MemoryPolicy, QuestionProbe
 from .retrieval import HostBlock, QuestionReport, Retrieval, TokenRetrieval
 from .sink import StreamingLLM
@@ -38,6 +41,7 @@ POLICIES: dict[str, type[MemoryPolicy]] = {
     "merge": MergeThenEvict,
     "retrieval": Retrieval,
     "retrieval-tokens": TokenRetrieval,
+    "novelty": NoveltyKV,
 }
 
 
@@ -72,6 +76,7 @@ __all__ = [
     "MemoryLayer",
     "MemoryPolicy",
     "MergeThenEvict",
+    "NoveltyKV",
     "QuestionProbe",
     "QuestionReport",
     "RecentWindow",
