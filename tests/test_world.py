@@ -512,3 +512,15 @@ def test_token_labels_match_pixels_and_motion():
     assert checked > 40
     with pytest.raises(ValueError, match="multiple of group"):
         token_labels(w, 3, group=2)
+
+
+def test_short_clips_object_weights():
+    """Binding clips (stage 5): 2-3 objects when asked for; weights that are not 3 probabilities are refused."""
+    from ppllava_hermes.world.tasks import iter_short_clip_worlds
+
+    counts = [len(w.tracks) for w, _, rec in iter_short_clip_worlds("train", 12, task_types=("shape",),
+                                                                    object_weights=(0.0, 0.6, 0.4))]
+    assert len(counts) == 12 and min(counts) >= 2 and max(counts) <= 3
+    for bad in ((0.5, 0.5), (0.5, 0.6, 0.1), (-0.1, 0.6, 0.5)):
+        with pytest.raises(ValueError, match="object_weights"):
+            next(iter_short_clip_worlds("train", 1, object_weights=bad))

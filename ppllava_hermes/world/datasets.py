@@ -155,13 +155,19 @@ def iter_short_clip_worlds(
     fps: float = 1.0,
     task_types: Sequence[str] = SHORT_TYPES,
     mc_fraction: float = 0.5,
+    object_weights: Sequence[float] = _CLIP_OBJECT_WEIGHTS,
     **config_overrides: Any,
 ) -> Iterator[tuple[World, np.ndarray, QARecord]]:
     """As :func:`iter_short_clips`, with each clip's :class:`World` first (its object states give
-    dense per-location labels for training)."""
+    dense per-location labels for training). ``object_weights``: probabilities of 1, 2 and 3 objects
+    per clip (a trainer asks for several objects when it teaches binding a colour to a shape)."""
     task_types = tuple(task_types)
     if not task_types or not set(task_types) <= set(SHORT_TYPES):
         raise ValueError(f"task_types {task_types} must be a non-empty subset of {SHORT_TYPES}")
+    weights = np.asarray(object_weights, dtype=np.float64)
+    if weights.shape != (len(_CLIP_OBJECTS),) or (weights < 0).any() or not np.isclose(weights.sum(), 1.0):
+        raise ValueError(f"object_weights {tuple(object_weights)} must be {len(_CLIP_OBJECTS)} probabilities "
+                         f"(of {_CLIP_OBJECTS} objects) summing to 1")
     tc = TaskConfig(task_types=task_types, mc_fraction=mc_fraction, clip_frames=frames_per_clip)
     for i in range(n):
         wanted = task_types[(seed_base + i) % len(task_types)]  # rotation: types stay balanced
@@ -169,7 +175,7 @@ def iter_short_clip_worlds(
         for attempt in range(CLIP_ATTEMPTS):
             seed = clip_seed(split, seed_base + i, attempt)
             rng = np.random.default_rng([seed, 0xC1])
-            n_obj = int(rng.choice(_CLIP_OBJECTS, p=_CLIP_OBJECT_WEIGHTS))
+            n_obj = int(rng.choice(_CLIP_OBJECTS, p=weights))
             cfg = clip_world_config(n_obj, frames_per_clip, size=size, fps=fps, **config_overrides)
             w = generate_world(cfg, seed)
             last = attempt == CLIP_ATTEMPTS - 1

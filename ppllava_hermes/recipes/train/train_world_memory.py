@@ -100,6 +100,7 @@ WATCH_CHUNK = 2  # frames per chunk when watches decide: one temporal group, a d
 WATCH_POSITIVE, WATCH_NEGATIVE = "now", "no"  # the ShapesWorld watch's answer words (world.model.WATCH)
 STANDING_QUERY = "a coloured shape"  # the demo's standing query for CLIP pooling while streaming
 STREAM_TYPES = ALL_BACKWARD_TYPES + REALTIME_TYPES
+BINDING_OBJECTS = (0.0, 0.6, 0.4)  # stage 5's binding clips: 2 or 3 objects, never 1 (ours)
 TRAIN_SEED_BASE = 2 * 10**7  # train-split video indices of this stage (disjoint from stages 1-2)
 TEST_SEED_BASE = 3000  # test-split video indices of the final evaluation
 
@@ -511,6 +512,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--watch-negatives", type=int, default=6, help="'no' decisions kept per forward question (ours)")
     p.add_argument("--watch-now-weight", type=float, default=1.0,
                    help="loss weight of a 'now' decision against 1 for every other answer (ours: 3 in stage 4)")
+    p.add_argument("--shorts-seed-base", type=int, default=None,
+                   help="first clip index of the short clips (default 60M + seed * 1M, valid for seeds 0-2)")
+    p.add_argument("--binding-shorts", type=int, default=0,
+                   help="extra short clips per step asking the shape of a named colour among 2-3 objects (stage 5; ours)")
     p.add_argument("--questions-per-type", type=int, default=5, help="questions per task type per stream (ours)")
     p.add_argument("--min-seconds", type=float, default=60.0)
     p.add_argument("--max-seconds", type=float, default=240.0)
@@ -575,7 +580,11 @@ def main(argv: list[str] | None = None) -> None:
     watch = training_streams(args.seed + 1, args.min_seconds, args.max_seconds, args.questions_per_type,
                              records=lambda w, i: watch_records(w, i, args.watch_per_type, random.Random(i),
                                                                 args.watch_negatives))
-    shorts = iter_short_clips("train", 10**7, seed_base=6 * 10**7 + args.seed * 10**6)
+    # clip indices stop at 62.5M: seeds 0-2 keep their blocks of 1M, later seeds name a block themselves
+    base = 6 * 10**7 + args.seed * 10**6 if args.shorts_seed_base is None else args.shorts_seed_base
+    shorts = iter_short_clips("train", 10**6, seed_base=base)
+    binding = iter_short_clips("train", 10**7, seed_base=5 * 10**7 + args.seed * 10**6, task_types=("shape",),
+                               object_weights=BINDING_OBJECTS)
     probs = [float(x) for x in args.pool_probs.split(",")]
     modes = [None, "avg", "clip" if scorer is not None else "avg"]
     log: list[dict] = []
@@ -600,6 +609,9 @@ def main(argv: list[str] | None = None) -> None:
             mode = random.choice([None, "avg", modes[2]])
             stage = builder.stage(mode, random.choice([(1, 2, 2), (2, 2, 2)]), query=prompt_for(rec))
             docs.append(builder.clip_document(frames, rec, stage))
+        for _ in range(args.binding_shorts):  # unpooled: the binding is the language model's to learn
+            frames, rec = next(binding)
+            docs.append(builder.clip_document(frames, rec, None))
         fill_rows(rows, docs)
         batch = pack(rows)
         loss, right = packed_loss(model, batch, {"watch_now": args.watch_now_weight})
