@@ -53,15 +53,44 @@ def test_vision_tokens_follow_the_grid():
     assert torch.equal(tokens2[1], tokens[1])
 
 
-def test_train_world_smoke(tmp_path):
+def spy_on_losses(module, monkeypatch) -> tuple[list[float], list[dict]]:
+    """Wrap ``module.run_training``: every step's loss (one list over all its calls) and each call's settings."""
+    from ppllava_hermes.recipes.train import run_training
+
+    losses: list[float] = []
+    calls: list[dict] = []
+
+    def spy(step_fn, *args, **kwargs):
+        calls.append(kwargs)
+        def recorded(step):
+            loss, info = step_fn(step)
+            losses.append(loss.item())
+            return loss, info
+
+        return run_training(recorded, *args, **kwargs)
+
+    monkeypatch.setattr(module, "run_training", spy)
+    return losses, calls
+
+
+def test_train_world_smoke(tmp_path, monkeypatch):
+    losses, calls = spy_on_losses(train_world, monkeypatch)
     out = tmp_path / "vlm"
     train_world.main([
         "--out", str(out), "--steps", "2", "--vision-steps", "2", "--batch-size", "2", "--hidden", "32",
-        "--layers", "1", "--vision-depth", "1", "--vision-hidden", "32", "--eval-every", "100",
+        "--layers", "1", "--vision-depth", "1", "--vision-hidden", "32", "--eval-every", "2", "--eval-clips", "2",
         "--final-eval-clips", "4", "--threads", "1",
     ])
+    assert len(losses) == 2 + 2 and all(np.isfinite(losses))  # stage 0's steps, then stage 1's
+    vision, answers = ({k: c.get(k) for k in ("lr", "warmup", "betas", "log_every", "max_minutes")} for c in calls)
+    assert vision == {"lr": 1e-3, "warmup": 50, "betas": None, "log_every": 50, "max_minutes": None}  # AdamW's betas
+    assert answers == {"lr": 5e-4, "warmup": 100, "betas": (0.9, 0.98), "log_every": 50, "max_minutes": 21.0}
     report = json.loads((out / "training_report.json").read_text())
+    assert set(report) == {"steps", "train_minutes", "parameters", "runs", "test"}
     run = report["runs"][-1]
+    assert set(run) == {"steps", "train_minutes", "args", "vision_log", "val_log"} and run["steps"] == 2
+    assert [e["step"] for e in run["val_log"]] == [2] and run["val_log"][0]["n"] == 2
+    assert run["args"]["steps"] == 2 and run["args"]["lr"] == 5e-4
     assert report["steps"] == 2 and len(run["vision_log"]) == 0  # logs every 50 vision steps
     assert 0.0 <= report["test"]["short_accuracy"] <= 1.0 and report["test"]["n"] == 4
     from ppllava_hermes.world.model import load_shapesworld_adapter
@@ -88,16 +117,86 @@ def test_warmup_cosine_schedule():
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
 
 
-def test_train_world_stream_smoke(tmp_path):
+def test_train_world_stream_smoke(tmp_path, monkeypatch):
     from ppllava_hermes.recipes.train import train_world_stream as stream
     from ppllava_hermes.world.model import VLM_DIR
 
+    losses, calls = spy_on_losses(stream, monkeypatch)
     out = tmp_path / "vlm"
     stream.main(["--init", str(VLM_DIR), "--out", str(out), "--steps", "2", "--batch-size", "2", "--final-n", "2",
-                 "--eval-n", "2", "--threads", "1"])
+                 "--eval-n", "2", "--eval-every", "2", "--threads", "1"])
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    settings = {k: calls[0].get(k) for k in ("lr", "warmup", "betas", "log_every", "max_minutes", "eval_every")}
+    assert settings == {"lr": 3e-4, "warmup": 50, "betas": None, "log_every": 25, "max_minutes": 5.0, "eval_every": 2}
     report = json.loads((out / "stream_training_report.json").read_text())
+    assert set(report) == {"steps", "train_minutes", "args", "val_log", "test"} and np.isfinite(report["train_minutes"])
+    assert [e["step"] for e in report["val_log"]] == [2] and set(report["val_log"][0]) == {"step", "none", "avg"}
+    assert report["args"]["lr"] == 3e-4 and report["args"]["max_minutes"] == 5.0
     assert report["steps"] == 2 and set(report["test"]) >= {"none", "avg"}
     assert (out / "training_report.json").read_text() == (VLM_DIR / "training_report.json").read_text()
     from ppllava_hermes.world.model import load_shapesworld_adapter
 
     load_shapesworld_adapter(out)
+
+
+def reference_loop(params, loss_fn, steps: int, lr: float, warmup: int, betas) -> None:
+    """What the trainers' loops did before :func:`run_training`: AdamW, warmup_cosine, clip 1.0."""
+    from ppllava_hermes.recipes.train import warmup_cosine
+
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=betas)
+    sched = warmup_cosine(opt, warmup, steps)
+    for step in range(1, steps + 1):
+        loss = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+
+
+@pytest.mark.parametrize("betas", [(0.9, 0.98), (0.9, 0.999)])
+def test_run_training_is_the_trainers_loop(betas, capsys):
+    from ppllava_hermes.recipes.train import run_training
+
+    target = torch.linspace(-3, 3, 6)
+
+    def loss_fn(step):
+        return 100.0 * ((params[0] - target * step) ** 2).sum()  # gradient norm far above 1: clipped
+
+    params = [torch.nn.Parameter(torch.zeros(6))]
+    reference_loop(params, loss_fn, 7, 0.1, 3, betas)
+    expected = params[0].detach().clone()
+
+    params = [torch.nn.Parameter(torch.zeros(6))]
+    model = torch.nn.Linear(1, 1)
+    logged, modes = [], []
+
+    def step_fn(step):
+        modes.append(model.training)
+        return loss_fn(step), {"step": step}
+
+    def evaluate(step):
+        model.eval()  # as the trainers' evaluations do; the next step trains again
+        return {"score": step / 10}
+
+    log, done = run_training(step_fn, params, steps=7, lr=0.1, warmup=3, betas=betas, model=model, log_every=2,
+                             on_log=lambda *a: logged.append(a), eval_every=3, evaluate=evaluate)
+    torch.testing.assert_close(params[0].detach(), expected, rtol=0, atol=0)
+    assert params[0].grad.norm() <= 1.0 + 1e-6  # the last step's gradient, clipped
+    assert done == 7 and log == [{"step": 3, "score": 0.3}, {"step": 6, "score": 0.6}]
+    assert modes == [True] * 7  # each step trains, also those after an evaluation
+    assert [a[0] for a in logged] == [2, 4, 6] and [a[2] for a in logged] == [{"step": 2}, {"step": 4}, {"step": 6}]
+    factor = 0.5 * (1 + np.cos(np.pi * 2 / 7))  # after step 2 the schedule is at s = 2, warm-up done
+    assert logged[0][3] == pytest.approx(0.1 * factor) and all(a[4] >= 0 for a in logged)
+    assert capsys.readouterr().out.splitlines() == ['  val: {"score": 0.3}', '  val: {"score": 0.6}']
+
+
+def test_run_training_time_limit(capsys):
+    from ppllava_hermes.recipes.train import run_training
+
+    p = torch.nn.Parameter(torch.ones(2))
+    log, done = run_training(lambda step: ((p**2).sum(), None), [p], steps=5, lr=0.1, warmup=1, max_minutes=0.0)
+    assert (log, done) == ([], 1) and capsys.readouterr().out == "stopping at step 1: time limit 0.0 min\n"
+    _, done = run_training(lambda step: ((p**2).sum(), None), [p], steps=5, lr=0.1, warmup=1, max_minutes=0.0,
+                           stop_message="stopping at step {step}: time limit")
+    assert done == 1 and capsys.readouterr().out == "stopping at step 1: time limit\n"

@@ -17,6 +17,62 @@ def warmup_cosine(optimizer, warmup: int, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def run_training(step_fn, params, *, steps: int, lr: float, warmup: int, betas: tuple[float, float] = (0.9, 0.999),
+                 weight_decay: float = 0.01, model=None, start: float | None = None, max_minutes: float | None = None,
+                 stop_message: str = "stopping at step {step}: time limit {max_minutes} min", log_every: int = 0,
+                 on_log=None, eval_every: int = 0, evaluate=None) -> tuple[list[dict], int]:
+    """The ShapesWorld trainers' step loop (stages 0, 1 and 2): returns ``(validation log, steps done)``.
+
+    Optimizer ``AdamW(params, lr, betas, weight_decay)`` with :func:`warmup_cosine` ``(warmup, steps)``
+    (both fresh per call). For ``step`` in ``1..steps``:
+
+    1. ``model.train()`` (when ``model`` is given: an evaluation may have left it in eval mode);
+    2. ``loss, info = step_fn(step)``: build the batch, run the forward, return the scalar loss to
+       minimise (auxiliary losses included) and whatever ``on_log`` wants to show (``info``);
+    3. ``zero_grad(set_to_none=True)``, ``loss.backward()``, ``clip_grad_norm_(params, 1.0)``,
+       ``optimizer.step()``, ``scheduler.step()``;
+    4. every ``log_every`` steps (0: never): ``on_log(step, loss, info, lr, minutes)``, ``lr`` the rate
+       the next step will use (``scheduler.get_last_lr()[0]``), ``minutes`` since ``start``;
+    5. every ``eval_every`` steps (0: never): ``res = evaluate(step)``, ``{"step": step, **res}`` is
+       appended to the log and ``"  val: " + json.dumps(res)`` printed;
+    6. with ``max_minutes`` (None: no limit), once more than that has passed since ``start`` (default:
+       this call; trainers pass their own start, so model loading and earlier stages count):
+       ``stop_message.format(step=step, max_minutes=max_minutes)`` is printed and the loop ends.
+
+    ``params`` is a list (the optimizer and the clipping both read it); ``steps`` >= 1 (the schedule
+    divides by it). Saving, the final evaluation and the report stay with the trainer.
+    """
+    import json
+    import time
+
+    import torch
+
+    start = time.time() if start is None else start
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    sched = warmup_cosine(opt, warmup, steps)
+    log: list[dict] = []
+    step = 0
+    for step in range(1, steps + 1):
+        if model is not None:
+            model.train()
+        loss, info = step_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if log_every and step % log_every == 0:
+            on_log(step, loss, info, sched.get_last_lr()[0], (time.time() - start) / 60)
+        if eval_every and step % eval_every == 0:
+            res = evaluate(step)
+            log.append({"step": step, **res})
+            print(f"  val: {json.dumps(res)}", flush=True)
+        if max_minutes is not None and (time.time() - start) / 60 > max_minutes:
+            print(stop_message.format(step=step, max_minutes=max_minutes), flush=True)
+            break
+    return log, step
+
+
 
 #: Pooling kernels the ShapesWorld VLM is trained with (the demo's (1, 2, 2) and a temporal (2, 2, 2)).
 WORLD_KERNELS: tuple[tuple[int, int, int], ...] = ((1, 2, 2), (2, 2, 2))

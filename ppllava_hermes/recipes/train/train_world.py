@@ -37,7 +37,7 @@ from ppllava_hermes.world.labels import IGNORE, LABEL_SIZES, token_labels
 from ppllava_hermes.world.model import SYSTEM_PROMPT, answer_text, build_model, build_tokenizer, prompt_for
 from ppllava_hermes.world.tasks import iter_short_clip_worlds, iter_short_clips
 
-from . import warmup_cosine
+from . import run_training
 
 
 def vocabulary_corpus(n: int = 4000) -> list[str]:
@@ -169,23 +169,19 @@ def pretrain_vision(model, video_processor, probe: TokenProbe, data, steps: int,
                     merge: int, log_every: int = 50) -> list[dict]:
     """Stage 0: the vision tower alone learns the dense token labels (no language model: ~2x cheaper steps)."""
     params = list(model.model.visual.parameters()) + list(probe.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = warmup_cosine(opt, 50, steps)
-    log, t0 = [], time.time()
-    model.train()
-    for step in range(1, steps + 1):
+    log: list[dict] = []
+
+    def step_fn(step: int):
         batch = [next(data) for _ in range(batch_size)]
         inputs = video_processor(videos=[f for _, f, _ in batch], return_tensors="pt")
         _, tokens = vision_tokens(model, inputs, merge)
-        loss, acc = probe.loss(tokens, batch_token_labels([w for w, _, _ in batch], batch[0][1], tokens))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if step % log_every == 0:
-            log.append({"step": step, "loss": round(loss.item(), 4), **{f"acc_{k}": round(v, 3) for k, v in acc.items()}})
-            print(f"vision step {step} {json.dumps(log[-1])} {(time.time() - t0) / 60:.1f} min", flush=True)
+        return probe.loss(tokens, batch_token_labels([w for w, _, _ in batch], batch[0][1], tokens))
+
+    def on_log(step: int, loss, acc: dict[str, float], lr: float, minutes: float) -> None:
+        log.append({"step": step, "loss": round(loss.item(), 4), **{f"acc_{k}": round(v, 3) for k, v in acc.items()}})
+        print(f"vision step {step} {json.dumps(log[-1])} {minutes:.1f} min", flush=True)
+
+    run_training(step_fn, params, steps=steps, lr=lr, warmup=50, model=model, log_every=log_every, on_log=on_log)
     return log
 
 
@@ -284,12 +280,8 @@ def main(argv: list[str] | None = None) -> None:
                                      args.batch_size, args.vision_lr, adapter.merge)
     params = (list(model.parameters()) + (list(teacher.head.parameters()) if teacher else [])
               + (list(probe.parameters()) if probe else []))
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = warmup_cosine(opt, args.warmup, args.steps)
-    log = []
-    step = 0
-    for step in range(1, args.steps + 1):
-        model.train()
+
+    def step_fn(step: int):
         worlds, examples = [], []
         for w, frames, rec in (next(data) for _ in range(args.batch_size)):
             worlds.append(w)
@@ -309,24 +301,18 @@ def main(argv: list[str] | None = None) -> None:
             inputs.pop("pixel_values_videos")
             inputs["mm_encoder_outputs"] = {"video": vision}
         answer_loss = model(**inputs).loss
-        loss = answer_loss + sum(aux.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if step % 50 == 0:
-            extra = "".join(f" {k} {v.item():.4f}" for k, v in aux.items())
-            extra += "".join(f" acc_{k} {v:.2f}" for k, v in token_acc.items())
-            print(f"step {step} answer {answer_loss.item():.4f}{extra} lr {sched.get_last_lr()[0]:.2e} "
-                  f"{(time.time() - t_start) / 60:.1f} min", flush=True)
-        if step % args.eval_every == 0:
-            res = evaluate(adapter, args.eval_clips, split="val")
-            log.append({"step": step, **res})
-            print(f"  val: {json.dumps(res)}", flush=True)
-        if (time.time() - t_start) / 60 > args.max_minutes:
-            print(f"stopping at step {step}: time limit {args.max_minutes} min")
-            break
+        return answer_loss + sum(aux.values()), (answer_loss, aux, token_acc)
+
+    def on_log(step: int, loss, info, lr: float, minutes: float) -> None:
+        answer_loss, aux, token_acc = info
+        extra = "".join(f" {k} {v.item():.4f}" for k, v in aux.items())
+        extra += "".join(f" acc_{k} {v:.2f}" for k, v in token_acc.items())
+        print(f"step {step} answer {answer_loss.item():.4f}{extra} lr {lr:.2e} {minutes:.1f} min", flush=True)
+
+    log, step = run_training(step_fn, params, steps=args.steps, lr=args.lr, warmup=args.warmup, betas=(0.9, 0.98),
+                             model=model, start=t_start, max_minutes=args.max_minutes, log_every=50, on_log=on_log,
+                             eval_every=args.eval_every,
+                             evaluate=lambda step: evaluate(adapter, args.eval_clips, split="val"))
     train_minutes = (time.time() - t_start) / 60
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from ppllava_hermes.world.generator import WorldConfig, generate_world
 from ppllava_hermes.world.model import answer_text, load_shapesworld_adapter, prompt_for
 from ppllava_hermes.world.tasks import TaskConfig, generate_questions, iter_short_clips, video_seed
 
-from . import WorldPoolingStages, warmup_cosine
+from . import WorldPoolingStages, run_training
 
 REALTIME = ("color_now", "shape_now", "count_now")
 CHUNK = 4  # frames per chunk, as the demo streams
@@ -178,16 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     for prm in model.model.visual.parameters():
         prm.requires_grad_(False)
     params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    sched = warmup_cosine(opt, 50, args.steps)
     builder = SequenceBuilder(adapter, scorer)
     shorts = iter_short_clips("train", args.steps * args.batch_size, seed_base=5 * 10**7)
     streams = realtime_examples("train", 10**4)
     pools = [None, "avg"] + (["clip"] if scorer is not None else [])
-    log = []
-    step = 0
-    for step in range(1, args.steps + 1):
-        model.train()
+
+    def step_fn(step: int):
         items = []
         for _ in range(args.batch_size):
             pool = random.choice(pools)
@@ -198,21 +194,17 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 frames, times, rec = next(streams)
             items.append(builder.build(frames, times, rec, pool, kernel))
-        loss = batch_loss(model, items)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if step % 25 == 0:
-            print(f"step {step} loss {loss.item():.4f} {(time.time() - t0) / 60:.1f} min", flush=True)
-        if step % args.eval_every == 0:
-            res = {"none": evaluate(adapter, args.eval_n), "avg": evaluate(adapter, args.eval_n, pool="avg")}
-            log.append({"step": step, **res})
-            print("  val:", json.dumps(res), flush=True)
-        if (time.time() - t0) / 60 > args.max_minutes:
-            print(f"stopping at step {step}: time limit")
-            break
+        return batch_loss(model, items), None
+
+    def on_log(step: int, loss, info, lr: float, minutes: float) -> None:
+        print(f"step {step} loss {loss.item():.4f} {minutes:.1f} min", flush=True)
+
+    def validate(step: int) -> dict:
+        return {"none": evaluate(adapter, args.eval_n), "avg": evaluate(adapter, args.eval_n, pool="avg")}
+
+    log, step = run_training(step_fn, params, steps=args.steps, lr=args.lr, warmup=50, model=model, start=t0,
+                             max_minutes=args.max_minutes, stop_message="stopping at step {step}: time limit",
+                             log_every=25, on_log=on_log, eval_every=args.eval_every, evaluate=validate)
     minutes = (time.time() - t0) / 60
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
