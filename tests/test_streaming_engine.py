@@ -232,3 +232,44 @@ def test_compress_every_k_chunks_peaks_at_the_budget_plus_k_chunks(policy, ancho
 def test_compress_every_must_be_at_least_one(policy):
     with pytest.raises(ValueError, match=rf"^{policy}: compress_every must be >= 1 chunk, got 0$"):
         make_policy(policy, budget=40, compress_every=0)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision", "qwen3_vl"])
+def test_streaming_runs_the_lm_head_only_where_logits_are_used(family):
+    """Ingest computes no logits at all, a question only its last position's (then one per decoded token),
+    and the logits asked for equal the full forward's; with record_logits every position's are kept."""
+    if family == "qwen3_vl":
+        from ppllava_hermes.models import adapter_for_model
+        from ppllava_hermes.testing import tiny_qwen3_vl
+
+        adapter = adapter_for_model(*tiny_qwen3_vl())
+    else:
+        adapter = tiny_adapter(family)
+    rows: list[int] = []
+    hook = adapter.model.lm_head.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
+    try:
+        frames, times = random_frames(8, seed=7)
+        s = StreamingSession(adapter, config=StreamConfig(chunk_frames=4))
+        s.add_frames(frames, times)
+        assert rows == [], f"ingest ran the LM head on {rows} positions"
+        s.ask("What?", GenerationConfig(max_new_tokens=3))
+        assert rows and rows[0] == 1 and set(rows) == {1}
+        rows.clear()
+        recorded = StreamingSession(adapter, config=StreamConfig(chunk_frames=4, record_logits=True))
+        recorded.add_frames(frames, times)
+        assert rows and max(rows) > 1 and len(recorded.logits_log) == len(rows)
+    finally:
+        hook.remove()
+    engine = KVEngine(adapter)
+    engine.start(adapter.prefix_text())
+    seg = adapter.text_segment(adapter.tokenize("two words"), engine.next_position)
+    with engine.rollback():
+        full, _ = engine.prefill(seg)
+    with engine.rollback():
+        last, _ = engine.prefill(seg, logits="last")
+    with engine.rollback():
+        none, _ = engine.prefill(seg, logits="none")
+    assert last.shape == (1, 1, full.shape[-1]) and none is None
+    assert torch.allclose(last[0, -1], full[0, -1], atol=1e-5)
+    with pytest.raises(ValueError, match="logits must be one of"), engine.rollback():
+        engine.prefill(seg, logits="some")

@@ -119,6 +119,18 @@ def text_meta(length: int, start: int, pos_dims: int, kind: TokenKind, frame_id:
     )
 
 
+LOGITS_MODES = ("all", "last", "none")
+
+
+def lm_head_logits(head: torch.nn.Module, hidden: torch.Tensor, mode: str) -> torch.Tensor | None:
+    """``hidden`` ``(1, L, D)`` -> logits of every position ``(1, L, V)``, of the last ``(1, 1, V)``, or None."""
+    if mode not in LOGITS_MODES:
+        raise ValueError(f"logits must be one of {LOGITS_MODES}, got {mode!r}")
+    if mode == "none":
+        return None
+    return head(hidden[:, -1:] if mode == "last" else hidden)
+
+
 class LMAdapter(ABC):
     """The language-model half of an adapter: what the KV engine (``streaming/engine.py``) drives.
 
@@ -207,9 +219,12 @@ class LMAdapter(ABC):
     def lm_positions(self, meta: TokenMeta) -> torch.Tensor:
         """The ``position_ids`` tensor the language model takes for one segment (batch 1)."""
 
-    def forward(self, segment_embeds: torch.Tensor, meta: TokenMeta, cache, output_attentions: bool = False):
-        """Run the language model on one segment. Returns ``(logits (1, L, V), attentions or None)``.
+    def forward(self, segment_embeds: torch.Tensor, meta: TokenMeta, cache, output_attentions: bool = False,
+                logits: str = "all"):
+        """Run the language model on one segment. Returns ``(logits, attentions or None)``.
 
+        ``logits``: "all" ``(1, L, V)``, "last" ``(1, 1, V)`` (the next token's only) or "none" (None): the LM
+        head over a whole chunk is ~V / hidden times the chunk's hidden states and is not needed to stream.
         Keys and values are appended to ``cache``; the caller commits ``meta`` afterwards.
         """
         out = self.language_model(
@@ -219,8 +234,8 @@ class LMAdapter(ABC):
             **cache_kwargs(self.language_model, cache),
             output_attentions=output_attentions,
         )
-        logits = self.model.lm_head(out.last_hidden_state)
-        return logits, (out.attentions if output_attentions else None)
+        return lm_head_logits(self.model.lm_head, out.last_hidden_state, logits), (
+            out.attentions if output_attentions else None)
 
     @contextlib.contextmanager
     def eager_attention(self) -> Iterator[None]:

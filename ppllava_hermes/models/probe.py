@@ -126,7 +126,7 @@ def _eager(lm: LMAdapter, cache: MemoryCache, seg: Segment, wanted: set[int]) ->
     length = cache.physical_length()
     try:
         with lm.eager_attention():
-            _, attentions = lm.forward(seg.embeds, seg.meta, cache, output_attentions=True)
+            _, attentions = lm.forward(seg.embeds, seg.meta, cache, output_attentions=True, logits="none")
     finally:
         cache.truncate(length)
     # (1, heads, L_q, L_kv) per layer -> mean over heads and queries, past entries only.

@@ -71,7 +71,7 @@ import torch
 from ..compat import cache_kwargs
 from ..memory.cache import TokenKind, TokenMeta
 from ..memory.rope import RopeSpec
-from .base import Segment, VisualTokens, VLMAdapter, text_meta
+from .base import Segment, VisualTokens, VLMAdapter, lm_head_logits, text_meta
 from .qwen2_5_vl import seconds_per_group
 
 
@@ -249,13 +249,14 @@ class Qwen3VLAdapter(VLMAdapter):
     def lm_positions(self, meta: TokenMeta) -> torch.Tensor:
         return meta.positions.unsqueeze(1)  # (3, 1, L)
 
-    def forward(self, segment_embeds: torch.Tensor, meta: TokenMeta, cache, output_attentions: bool = False):
+    def forward(self, segment_embeds: torch.Tensor, meta: TokenMeta, cache, output_attentions: bool = False,
+                logits: str = "all"):
         """Run the text model on one segment ``(L, (1 + K) * D)`` (or ``(L, D)``: no DeepStack).
 
         The first ``D`` channels are the input embeddings; the ``VISUAL`` rows' DeepStack blocks go to the
         HF text model as ``deepstack_visual_embeds`` (K x ``(n_visual, D)``) with ``visual_pos_masks``
-        ``(1, L)``, which adds them after decoder layers ``0 .. K-1``. Returns ``(logits (1, L, V),
-        attentions or None)``.
+        ``(1, L)``, which adds them after decoder layers ``0 .. K-1``. Returns ``(logits, attentions or
+        None)``; ``logits`` as :meth:`LMAdapter.forward` ("all", "last" or "none").
         """
         d = self.hidden_size
         x = segment_embeds.to(self.device)
@@ -275,8 +276,8 @@ class Qwen3VLAdapter(VLMAdapter):
             output_attentions=output_attentions,
             **deepstack,
         )
-        logits = self.model.lm_head(out.last_hidden_state)
-        return logits, (out.attentions if output_attentions else None)
+        return lm_head_logits(self.model.lm_head, out.last_hidden_state, logits), (
+            out.attentions if output_attentions else None)
 
 
 def default_video_processor(config):

@@ -143,7 +143,7 @@ class KVEngine:
             return 0
         seg = self.lm.text_segment(self.lm.tokenize(system_text), self.next_position, TokenKind.SYSTEM)
         length, position = self.cache.physical_length(), self.next_position
-        self.prefill(seg)
+        self.prefill(seg, logits="none")
         try:
             self.memory.setup(self.cache, self.rope, num_system_tokens=len(seg))
         except BaseException:  # a configuration the policy refuses: the engine stays unstarted and empty
@@ -154,28 +154,31 @@ class KVEngine:
         return len(seg)
 
     @torch.no_grad()
-    def prefill(self, seg: Segment, output_attentions: bool = False):
-        """Run the model on ``seg`` at its positions; returns ``(logits (1, L, V), attentions or None)``.
+    def prefill(self, seg: Segment, output_attentions: bool = False, logits: str = "all"):
+        """Run the model on ``seg`` at its positions; returns ``(logits, attentions or None)``.
 
+        ``logits``: "all" ``(1, L, V)``, "last" ``(1, 1, V)`` or "none" (None; a chunk being streamed needs
+        no LM head); with ``record_logits`` every position's are computed (and logged) whatever is asked.
         Keys, values and metadata go into the memory and ``next_position`` moves to ``seg.next_position``;
         on an exception nothing does.
         """
-        logits, attentions, _ = self._prefill(seg, output_attentions, None)
-        return logits, attentions
+        out, attentions, _ = self._prefill(seg, output_attentions, None, logits)
+        return out, attentions
 
     @torch.no_grad()
     def prefill_and_peek(self, seg: Segment, ahead: Segment) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`prefill` ``seg`` and, in the same forward, run ``ahead`` (text after it) without keeping it.
 
-        Returns ``(logits (1, L, V) of seg, (V,) float logits after ahead's last token)``. What the memory
+        Returns ``(logits (1, L, V) of seg (None unless ``record_logits``), (V,) float logits after ahead's
+        last token)``. What the memory
         keeps is ``seg`` alone (equal to a plain prefill up to float rounding: the forward's matmuls are a few
         rows longer), and ``ahead``'s tokens see the memory with ``seg`` in it, before the policy compresses.
         A watch's decision at the price of a few more tokens in the chunk's forward, with no second pass.
         """
-        logits, _, peek = self._prefill(seg, False, ahead)
+        logits, _, peek = self._prefill(seg, False, ahead, "last")
         return logits, peek
 
-    def _prefill(self, seg: Segment, output_attentions: bool, ahead: Segment | None):
+    def _prefill(self, seg: Segment, output_attentions: bool, ahead: Segment | None, want: str):
         length = self.cache.physical_length()
         embeds, meta = seg.embeds, seg.meta
         if ahead is not None:
@@ -185,11 +188,13 @@ class KVEngine:
                              torch.cat([seg.meta.kinds, ahead.meta.kinds]))
         t0 = time.perf_counter()
         try:
-            logits, attentions = self.lm.forward(embeds, meta, self.cache, output_attentions)
+            logits, attentions = self.lm.forward(embeds, meta, self.cache, output_attentions,
+                                                 logits="all" if self.record_logits else want)
             peek = None
             if ahead is not None:  # keep seg only: ahead's keys go, its last logits stay
                 self.cache.truncate(length + len(seg))
-                logits, peek = logits[:, : len(seg)], logits[0, -1].float()
+                peek = logits[0, -1].float()
+                logits = logits[:, : len(seg)] if self.record_logits else None
             self.cache.commit(seg.meta)
         except BaseException:
             self.cache.truncate(length)  # layers the forward reached hold keys without metadata
@@ -361,7 +366,7 @@ class KVEngine:
         policy's question-time cache included); the memory is unchanged afterwards. A watch's decision."""
         with self.rollback():
             self.enter_question_cache(ids)
-            logits, _ = self.prefill(self.lm.text_segment(ids, self.next_position, TokenKind.TEXT))
+            logits, _ = self.prefill(self.lm.text_segment(ids, self.next_position, TokenKind.TEXT), logits="last")
         return logits[0, -1].float()
 
     def _decode(self, ids: torch.Tensor, gen: GenerationConfig, t0: float, return_logits: bool,
@@ -374,7 +379,8 @@ class KVEngine:
         eos = set(self.lm.eos_token_ids)
         out_ids: list[int] = []
         ttft = None
-        logits, _ = self.prefill(self.lm.text_segment(ids, self.next_position, TokenKind.TEXT))
+        logits, _ = self.prefill(self.lm.text_segment(ids, self.next_position, TokenKind.TEXT),
+                                 logits="all" if return_logits else "last")
         q_logits = logits[0].float().cpu() if return_logits else None
         for step in range(gen.max_new_tokens):
             next_id = _pick(logits[0, -1].float(), out_ids, processors, generator)

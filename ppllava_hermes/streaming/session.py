@@ -325,7 +325,7 @@ class StreamingSession:
             ahead = self.adapter.text_segment(peek_ids, seg.next_position)
             _, peek = self.engine.prefill_and_peek(seg, ahead)
         elif seg is not None:
-            self.engine.prefill(seg)
+            self.engine.prefill(seg, logits="none")
         self.frame_log.extend((first_id + i, float(t)) for i, t in enumerate(frame_times))
         self.stats.frames += len(frame_times)
         self.stats.chunks += 1
@@ -441,7 +441,7 @@ class StreamingSession:
         encode_s = self.stats.encode_s
         visual, _ = self.encode_chunk(frames, times, len(self.frame_log), gate=False)
         self.stats.encode_s = encode_s  # question-time work is not ingest
-        self.engine.prefill(self.adapter.visual_segment(visual, self.engine.next_position))
+        self.engine.prefill(self.adapter.visual_segment(visual, self.engine.next_position), logits="none")
 
     def _question_replay(self) -> Callable[[], tuple[MemoryCache, int] | None] | None:
         """A builder of the cache a question is answered from instead of the memory (None: the memory)."""

@@ -77,5 +77,5 @@ class UniformSession(StreamingSession):
             frames, times, _ = pad_to_group(np.stack([store[i] for i in chunk]),
                                             np.asarray([times_all[i] for i in chunk]), group)
             visual = encode_pooled(self.adapter, frames, times, chunk[0], self.pooling)
-            scratch.prefill(self.adapter.visual_segment(visual, scratch.next_position))
+            scratch.prefill(self.adapter.visual_segment(visual, scratch.next_position), logits="none")
         return scratch.cache, scratch.next_position
