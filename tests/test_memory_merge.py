@@ -263,3 +263,27 @@ def test_proportional_attention_with_unit_counts_is_plain_attention(family):
     without.add_frames(frames, times)
     no_counts = without.ask("What now?", GenerationConfig(max_new_tokens=3), return_logits=True)
     assert not torch.allclose(with_counts.question_logits, no_counts.question_logits, atol=1e-4)
+
+
+def test_merge_then_hermes_probes_only_the_layers_hermes_reads():
+    """The engine probes the evicting policy's layers only; the memory is the same as with every layer probed."""
+
+    class ProbeAll(MergeThenEvict):
+        def probe_layers(self, num_layers):
+            return {name: list(range(num_layers)) for name in self.probe_prompts}
+
+    def run(cls):
+        ad = adapter("qwen2_5_vl")
+        policy = cls(merge=TokenMerge(threshold=0.5, headroom=64), evict=Hermes(budget=20, anchors=4, headroom=64))
+        s = StreamingSession(ad, memory=policy, config=StreamConfig(chunk_frames=4))
+        frames, times = static_frames(40, moving=24)
+        s.add_frames(frames, times)
+        return policy, s
+
+    policy, s = run(MergeThenEvict)
+    assert policy.probe_layers(4) == Hermes().probe_layers(4)
+    assert sum(len(v) for v in policy.probe_layers(4).values()) < 2 * 4  # fewer than every layer twice
+    _, ref = run(ProbeAll)
+    assert s.stats.compress_log and any(r.evicted for r in s.stats.compress_log)
+    for a, b in zip(s.cache.state(), ref.cache.state(), strict=True):
+        assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)

@@ -416,6 +416,10 @@ class MergeThenEvict(MemoryPolicy):
     def probe_prompts(self) -> dict[str, str]:  # type: ignore[override]
         return self.evict.probe_prompts
 
+    def probe_layers(self, num_layers: int) -> dict[str, list[int]]:
+        """The evicting policy's: only the layers it reads are probed (the others carry None through)."""
+        return self.evict.probe_layers(num_layers)
+
     @property
     def budget(self) -> int | None:
         return getattr(self.evict, "budget", None)
@@ -453,6 +457,9 @@ def _carry_probe(probe: AttentionProbe | None, step: MergeStep) -> AttentionProb
     for name, layers in probe.scores.items():
         moved = []
         for scores, owner in zip(layers, step.owners, strict=True):
+            if scores is None:  # a layer the evicting policy does not read was not probed
+                moved.append(None)
+                continue
             n_new = int(owner.max()) + 1 if owner.numel() else 0
             s = scores.float()[: owner.numel()]
             moved.append(torch.zeros(n_new).index_add(0, owner[: s.numel()], s))
