@@ -80,8 +80,8 @@ from ppllava_hermes.testing import smollm2_llava_onevision, tiny_llava_onevision
 REAL_DEPTH = "llava_onevision-smollm2-30L"
 MODELS = ["llava_onevision", "qwen2_5_vl", REAL_DEPTH]
 # retrieval / retrieval-tokens: the resident window streams; a question adds its answer cache (kv_formula).
-POLICIES = ["hermes", "window", "sink", "retrieval", "retrieval-tokens", "uniform", "full"]
-BOUNDED = ["hermes", "window", "sink", "retrieval", "retrieval-tokens"]  # streaming memories with a budget
+POLICIES = ["hermes", "window", "sink", "retrieval", "retrieval-tokens", "novelty", "uniform", "full"]
+BOUNDED = ["hermes", "window", "sink", "retrieval", "retrieval-tokens", "novelty"]  # streaming memories with a budget
 QUESTIONS = [
     "What is happening in the video right now?",
     "What color was the first object that appeared?",
