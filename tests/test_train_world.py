@@ -200,3 +200,24 @@ def test_run_training_time_limit(capsys):
     _, done = run_training(lambda step: ((p**2).sum(), None), [p], steps=5, lr=0.1, warmup=1, max_minutes=0.0,
                            stop_message="stopping at step {step}: time limit")
     assert done == 1 and capsys.readouterr().out == "stopping at step 1: time limit\n"
+
+
+def test_run_training_lr_at_replaces_the_schedule_and_after_step_runs_each_step():
+    """Stages 3-5: ``lr_at(step)`` is the rate of that step (no scheduler); ``after_step`` sees every step."""
+    from ppllava_hermes.recipes.train import run_training
+
+    w = torch.nn.Parameter(torch.ones(3))
+    seen, values = [], []
+
+    def step_fn(step):
+        return (w * torch.tensor([1.0, 2.0, 3.0])).sum(), None
+
+    def after(step):
+        seen.append(step)
+        values.append(w.detach().clone())
+
+    _, done = run_training(step_fn, [w], steps=3, lr=1.0, warmup=1, lr_at=lambda s: 0.0 if s == 1 else 0.1,
+                           after_step=after)
+    assert done == 3 and seen == [1, 2, 3]
+    assert torch.equal(values[0], torch.ones(3)), "a rate of 0 at step 1 must leave the parameter as it was"
+    assert bool((values[1] < values[0]).all()) and bool((values[2] < values[1]).all())

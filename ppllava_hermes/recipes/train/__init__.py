@@ -20,22 +20,27 @@ def warmup_cosine(optimizer, warmup: int, steps: int):
 def run_training(step_fn, params, *, steps: int, lr: float, warmup: int, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.01, model=None, start: float | None = None, max_minutes: float | None = None,
                  stop_message: str = "stopping at step {step}: time limit {max_minutes} min", log_every: int = 0,
-                 on_log=None, eval_every: int = 0, evaluate=None) -> tuple[list[dict], int]:
-    """The ShapesWorld trainers' step loop (stages 0, 1 and 2): returns ``(validation log, steps done)``.
+                 on_log=None, eval_every: int = 0, evaluate=None, lr_at=None,
+                 after_step=None) -> tuple[list[dict], int]:
+    """The ShapesWorld trainers' step loop (stages 0-5): returns ``(validation log, steps done)``.
 
     Optimizer ``AdamW(params, lr, betas, weight_decay)`` with :func:`warmup_cosine` ``(warmup, steps)``
-    (both fresh per call). For ``step`` in ``1..steps``:
+    (both fresh per call), or, with ``lr_at``, no scheduler: ``lr_at(step)`` is the rate of step ``step``,
+    set on every parameter group just before ``optimizer.step()`` (stages 3-5, whose schedule also follows
+    the time used; ``lr`` and ``warmup`` are then only the optimizer's initial rate and unused). For
+    ``step`` in ``1..steps``:
 
     1. ``model.train()`` (when ``model`` is given: an evaluation may have left it in eval mode);
     2. ``loss, info = step_fn(step)``: build the batch, run the forward, return the scalar loss to
        minimise (auxiliary losses included) and whatever ``on_log`` wants to show (``info``);
     3. ``zero_grad(set_to_none=True)``, ``loss.backward()``, ``clip_grad_norm_(params, 1.0)``,
-       ``optimizer.step()``, ``scheduler.step()``;
+       ``optimizer.step()``, ``scheduler.step()`` (with ``lr_at``: the rate set before the step instead);
     4. every ``log_every`` steps (0: never): ``on_log(step, loss, info, lr, minutes)``, ``lr`` the rate
        the next step will use (``scheduler.get_last_lr()[0]``), ``minutes`` since ``start``;
     5. every ``eval_every`` steps (0: never): ``res = evaluate(step)``, ``{"step": step, **res}`` is
        appended to the log and ``"  val: " + json.dumps(res)`` printed;
-    6. with ``max_minutes`` (None: no limit), once more than that has passed since ``start`` (default:
+    6. ``after_step(step)`` when given (periodic checkpoints);
+    7. with ``max_minutes`` (None: no limit), once more than that has passed since ``start`` (default:
        this call; trainers pass their own start, so model loading and earlier stages count):
        ``stop_message.format(step=step, max_minutes=max_minutes)`` is printed and the loop ends.
 
@@ -49,7 +54,7 @@ def run_training(step_fn, params, *, steps: int, lr: float, warmup: int, betas: 
 
     start = time.time() if start is None else start
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
-    sched = warmup_cosine(opt, warmup, steps)
+    sched = warmup_cosine(opt, warmup, steps) if lr_at is None else None
     log: list[dict] = []
     step = 0
     for step in range(1, steps + 1):
@@ -59,14 +64,21 @@ def run_training(step_fn, params, *, steps: int, lr: float, warmup: int, betas: 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if lr_at is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
         if log_every and step % log_every == 0:
-            on_log(step, loss, info, sched.get_last_lr()[0], (time.time() - start) / 60)
+            rate = sched.get_last_lr()[0] if sched is not None else opt.param_groups[0]["lr"]
+            on_log(step, loss, info, rate, (time.time() - start) / 60)
         if eval_every and step % eval_every == 0:
             res = evaluate(step)
             log.append({"step": step, **res})
             print(f"  val: {json.dumps(res)}", flush=True)
+        if after_step is not None:
+            after_step(step)
         if max_minutes is not None and (time.time() - start) / 60 > max_minutes:
             print(stop_message.format(step=step, max_minutes=max_minutes), flush=True)
             break

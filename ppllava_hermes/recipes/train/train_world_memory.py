@@ -106,7 +106,7 @@ from ppllava_hermes.world.tasks import (
     video_seed,
 )
 
-from . import WorldPoolingStages
+from . import WorldPoolingStages, run_training
 
 CHUNK = 4  # frames per clip and per chunk, as the demo and the memory benchmark stream (ours)
 WATCH_CHUNK = 2  # frames per chunk when watches decide: one temporal group, a decision every 2 s at 1 fps (ours)
@@ -590,7 +590,6 @@ def main(argv: list[str] | None = None) -> None:
     for prm in model.model.visual.parameters():
         prm.requires_grad_(False)
     params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     builder = DocumentBuilder(adapter, scorer)
     streams = training_streams(args.seed, args.min_seconds, args.max_seconds, args.questions_per_type)
     watch = training_streams(args.seed + 1, args.min_seconds, args.max_seconds, args.questions_per_type,
@@ -604,12 +603,12 @@ def main(argv: list[str] | None = None) -> None:
     probs = [float(x) for x in args.pool_probs.split(",")]
     modes = [None, "avg", "clip" if scorer is not None else "avg"]
     log: list[dict] = []
-    window: dict[str, list[bool]] = defaultdict(list)
+    window: dict[str, list[bool]] = defaultdict(list)  # answers right since the last log line, per task type
     losses: list[float] = []
-    step = 0
+    width = [0]  # the last batch's padded width, for the log
     out = Path(args.out)
-    for step in range(1, args.steps + 1):
-        model.train()
+
+    def step_fn(step: int):
         warm = step <= args.binding_warmup  # the first steps: binding clips + short clips only (seconds each)
         rows: list[list[Document]] = [[] for _ in range(4)] if warm else []
         for _ in range(0 if warm else args.streams):
@@ -632,29 +631,31 @@ def main(argv: list[str] | None = None) -> None:
         fill_rows(rows, docs)
         batch = pack(rows)
         loss, right = packed_loss(model, batch, {"watch_now": args.watch_now_weight})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * lr_factor(step, args.warmup, args.steps, (time.time() - t0) / 60 / args.max_minutes)
-        opt.step()
         losses.append(loss.item())
         for k, v in right.items():
             window[k] += v
-        if step % args.log_every == 0:
-            acc = {k: round(float(np.mean(v)), 3) for k, v in sorted(window.items())}
-            entry = {"step": step, "minutes": round((time.time() - t0) / 60, 2),
-                     "loss": round(float(np.mean(losses)), 4), "train_answer_accuracy": acc,
-                     "width": int(batch["inputs_embeds"].shape[1])}
-            log.append(entry)
-            print(json.dumps(entry), flush=True)
-            window.clear()
-            losses.clear()
+        width[0] = int(batch["inputs_embeds"].shape[1])
+        return loss, None
+
+    def on_log(step: int, loss, info, lr: float, minutes: float) -> None:
+        acc = {k: round(float(np.mean(v)), 3) for k, v in sorted(window.items())}
+        entry = {"step": step, "minutes": round(minutes, 2), "loss": round(float(np.mean(losses)), 4),
+                 "train_answer_accuracy": acc, "width": width[0]}
+        log.append(entry)
+        print(json.dumps(entry), flush=True)
+        window.clear()
+        losses.clear()
+
+    def lr_at(step: int) -> float:
+        return args.lr * lr_factor(step, args.warmup, args.steps, (time.time() - t0) / 60 / args.max_minutes)
+
+    def after_step(step: int) -> None:
         if step % args.save_every == 0:
             save(adapter, Path(args.init), out)
-        if (time.time() - t0) / 60 > args.max_minutes:
-            print(f"stopping at step {step}: time limit {args.max_minutes} min", flush=True)
-            break
+
+    _, step = run_training(step_fn, params, steps=args.steps, lr=args.lr, warmup=args.warmup, model=model, start=t0,
+                           max_minutes=args.max_minutes, log_every=args.log_every, on_log=on_log, lr_at=lr_at,
+                           after_step=after_step)
     minutes = (time.time() - t0) / 60
     model.eval()
     save(adapter, Path(args.init), out)
