@@ -66,7 +66,7 @@ GLOBAL_PROBE = "Summarize the whole document so far, with its key facts."
 COLORS = ["blue", "red", "green", "yellow", "black", "white", "orange", "purple", "silver", "golden", "brown", "grey"]
 OBJECTS = ["door", "box", "car", "lamp", "chair", "boat", "clock", "gate", "bag", "bottle", "tower", "key"]
 MODEL_POSITIONS = 8192  # SmolLM2's max_position_embeddings
-POLICIES = ["full", "window", "sink", "snapkv", "hermes", "uniform", "retrieval", "retrieval-tokens"]
+POLICIES = ["full", "window", "sink", "snapkv", "hermes", "uniform", "retrieval", "retrieval-tokens", "novelty"]
 RESULTS_VERSION = 2  # bump when the raw per-policy results change shape (invalidates --cache-dir entries)
 
 
