@@ -26,6 +26,9 @@ Specification.
   newest ``recent`` frames are always kept (if they alone exceed the budget, their newest ``budget``
   entries); the rest of the budget goes to the highest novelty, ties towards newer entries. System and
   text entries are never dropped. After compressing, each layer holds at most ``budget`` visual entries.
+* Scope: a memory for video, where what repeats is the same thing seen again. On text a repeated token is
+  not a repeated fact (common words resemble each other at layer 0): on SmolLM2 it lost more perplexity than
+  the recent window (``docs/results/real_lm_memory.md``).
 * Cost: one ``N x N`` similarity per compression (``N``: visual entries in memory, about the budget
   plus a chunk), computed in blocks of :data:`BLOCK` rows; no probe forward.
 """
