@@ -51,20 +51,21 @@ BLOCK = 1024  # rows of the similarity computed at once (bounds the scratch memo
 
 
 def novelty_scores(content: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
-    """``content`` ``(N, D)`` unit rows, ``frame_ids`` ``(N,)`` -> ``(N,)`` novelty in ``[0, 2]``.
+    """``content`` ``(N, D)`` unit rows, ``frame_ids`` ``(N,)`` -> ``(N,)`` CPU float novelty in ``[0, 2]``.
 
     Entry ``i``'s score is ``1 - max cos(content_i, content_j)`` over the entries ``j`` with
     ``frame_ids[j] < frame_ids[i]``, and 1 where there is none.
     """
     n = content.shape[0]
-    out = torch.ones(n, dtype=torch.float32)
+    frame_ids = frame_ids.to(content.device)  # the similarity runs where the keys and values live
+    out = torch.ones(n, dtype=torch.float32, device=content.device)
     for s in range(0, n, BLOCK):
         sim = content[s:s + BLOCK] @ content.T  # (b, N)
         older = frame_ids[None, :] < frame_ids[s:s + BLOCK, None]
         best = sim.masked_fill(~older, float("-inf")).amax(dim=1)
         has = older.any(dim=1)
         out[s:s + BLOCK][has] = 1.0 - best[has].float()
-    return out
+    return out.cpu()
 
 
 @dataclass
