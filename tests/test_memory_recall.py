@@ -77,3 +77,10 @@ def test_quick_run_writes_rows(tmp_path):
     md = (tmp_path / "memory_recall.md").read_text()
     assert "ppllava-hermes bench memory_recall --quick" in md and "| hermes+pooling |" in md
     assert (tmp_path / "memory_recall.png").stat().st_size > 1000
+
+
+def test_any_policy_runs_over_pooled_tokens_and_unknown_configs_are_refused(capsys):
+    assert mr.split_config("novelty+pooling") == ("novelty", True) and mr.split_config("window") == ("window", False)
+    assert mr.main(["--quick", "--configs", "full,lru+pooling"]) == 2
+    err = capsys.readouterr().err
+    assert "--configs lru+pooling" in err and "not a memory policy" in err and len(err.strip().splitlines()) == 1

@@ -18,7 +18,8 @@ Specification.
 * Configurations: ``full`` (no budget) and, at each budget, every name :func:`make_policy` accepts
   (``window``, ``sink``, ``hermes``, ``uniform`` re-encoding, ``snapkv``, ``merge`` = merge then HERMES,
   and any policy registered later, e.g. ``retrieval``) plus ``hermes+pooling`` (HERMES over tokens pooled
-  by the shipped CLIP against the standing query "a coloured shape", kernel (1,2,2), as the demo).
+  by the shipped CLIP against the standing query "a coloured shape", kernel (1,2,2), as the demo); any
+  ``<policy>+pooling`` in ``--configs`` runs that policy over the same pooled tokens.
 * Budget levels: ``--fractions`` (default 0.1 and 0.2) of the full cache's visual KV. Each configuration
   runs at the largest budget (visual tokens per layer, the ``budget`` field) whose visual KV stays within
   the level at the first :data:`CALIBRATION_QUESTIONS` questions of the first stream (they see the
@@ -60,6 +61,14 @@ AGE_BINS: tuple[tuple[str, float, float], ...] = (("10-30s", 0.0, 30.0), ("30-90
 ROW_FIELDS = ("config", "budget", "kv_fraction", "task_type", "age_bin", "n", "accuracy", "ci95", "ttft_ms",
               "peak_kv_bytes", "host_bytes")
 POOLED = "hermes+pooling"
+POOLING_SUFFIX = "+pooling"  # "<policy>+pooling": that policy over tokens pooled as the demo pools them
+
+
+def split_config(config: str) -> tuple[str, bool]:
+    """``"novelty+pooling"`` -> ``("novelty", True)``; ``"window"`` -> ``("window", False)``."""
+    if config.endswith(POOLING_SUFFIX):
+        return config[: -len(POOLING_SUFFIX)], True
+    return config, False
 TEST_SEED_BASE = 5000  # test-split video indices of this benchmark (disjoint from the training report's)
 CALIBRATION_QUESTIONS = 4  # questions of the first stream a budget is calibrated on
 
@@ -379,6 +388,13 @@ def plot(rows: list[dict], levels: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from ppllava_hermes.memory import POLICIES
+
+    bad = [c for c in (args.configs.split(",") if args.configs else []) if split_config(c)[0] not in POLICIES]
+    if bad:
+        print(f"error: --configs {','.join(bad)}: not a memory policy (or one + '{POOLING_SUFFIX}'); choose from "
+              f"{', '.join(POLICIES)}", file=sys.stderr)
+        return 2
     import torch
 
     from ppllava_hermes.memory import make_policy
@@ -400,9 +416,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(config: str, budget: int | None, fraction: float = 1.0) -> None:
         t = time.time()
-        name = "hermes" if config == POOLED else config
+        name, pooled = split_config(config)
         policy = (lambda: make_policy(name)) if budget is None else (lambda: make_policy(name, budget=budget))
-        stage = pooled_stage if config == POOLED else None
+        stage = pooled_stage if pooled else None
         results[(config, fraction)] = run_config(adapter, streams, policy, stage, n_system)
         budget_of[(config, fraction)] = budget
         outs = results[(config, fraction)][0]
@@ -429,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     def calibrated(config: str, fraction: float, start: int) -> int:
         """The largest budget (tried: ``start``, rescaled twice, then 10% steps down) whose visual KV
         stays within ``fraction`` of the full cache's at the first questions of stream 0."""
-        name = "hermes" if config == POOLED else config
-        stage = pooled_stage if config == POOLED else None
+        name, pooled = split_config(config)
+        stage = pooled_stage if pooled else None
         budget, best = start, None
         for attempt in range(8):
             outs, _ = run_config(adapter, [probe], lambda b=budget: make_policy(name, budget=b), stage, n_system)
