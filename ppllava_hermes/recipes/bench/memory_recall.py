@@ -359,6 +359,8 @@ def plot(rows: list[dict], levels: dict, path: Path) -> None:
     lvls = sorted({v for (c, _), v in levels.items() if c != "full"}) or [1.0]
     fig, axes = plt.subplots(1, len(lvls), figsize=(6 * len(lvls), 4.5), squeeze=False)
     names = [name for name, _, _ in AGE_BINS]
+    configs = list(dict.fromkeys(c for c, _ in levels))
+    colour = {c: plt.get_cmap("tab20")(i % 20) for i, c in enumerate(configs)}  # one colour per configuration
     for ax, lv in zip(axes[0], lvls, strict=True):
         for (config, budget), v in levels.items():
             if config != "full" and v != lv:
@@ -370,7 +372,7 @@ def plot(rows: list[dict], levels: dict, path: Path) -> None:
                 ys.append(100 * r["accuracy"] if r else np.nan)
             if not np.all(np.isnan(ys)):
                 ax.plot(names, ys, marker="o", label=config if budget is None else f"{config} ({budget})",
-                        linestyle="--" if config == "full" else "-")
+                        linestyle="--" if config == "full" else "-", color=colour[config])
         ax.axhline(25, color="grey", linewidth=0.8, linestyle=":")
         ax.set_title(f"visual KV <= {lv:.0%} of the full cache")
         ax.set_xlabel("event age (question time - event time)")
