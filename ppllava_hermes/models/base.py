@@ -122,10 +122,15 @@ def text_meta(length: int, start: int, pos_dims: int, kind: TokenKind, frame_id:
 LOGITS_MODES = ("all", "last", "none")
 
 
-def lm_head_logits(head: torch.nn.Module, hidden: torch.Tensor, mode: str) -> torch.Tensor | None:
-    """``hidden`` ``(1, L, D)`` -> logits of every position ``(1, L, V)``, of the last ``(1, 1, V)``, or None."""
+def check_logits_mode(mode: str) -> None:
+    """``ValueError`` unless ``mode`` is one of :data:`LOGITS_MODES` (called before any forward runs)."""
     if mode not in LOGITS_MODES:
         raise ValueError(f"logits must be one of {LOGITS_MODES}, got {mode!r}")
+
+
+def lm_head_logits(head: torch.nn.Module, hidden: torch.Tensor, mode: str) -> torch.Tensor | None:
+    """``hidden`` ``(1, L, D)`` -> logits of every position ``(1, L, V)``, of the last ``(1, 1, V)``, or None
+    (``mode`` checked by the caller with :func:`check_logits_mode` before its forward)."""
     if mode == "none":
         return None
     return head(hidden[:, -1:] if mode == "last" else hidden)
@@ -227,6 +232,7 @@ class LMAdapter(ABC):
         head over a whole chunk is ~V / hidden times the chunk's hidden states and is not needed to stream.
         Keys and values are appended to ``cache``; the caller commits ``meta`` afterwards.
         """
+        check_logits_mode(logits)
         out = self.language_model(
             inputs_embeds=segment_embeds.unsqueeze(0).to(self.dtype),
             position_ids=self.lm_positions(meta).to(self.device),

@@ -71,7 +71,7 @@ import torch
 from ..compat import cache_kwargs
 from ..memory.cache import TokenKind, TokenMeta
 from ..memory.rope import RopeSpec
-from .base import Segment, VisualTokens, VLMAdapter, lm_head_logits, text_meta
+from .base import Segment, VisualTokens, VLMAdapter, check_logits_mode, lm_head_logits, text_meta
 from .qwen2_5_vl import seconds_per_group
 
 
@@ -258,6 +258,7 @@ class Qwen3VLAdapter(VLMAdapter):
         ``(1, L)``, which adds them after decoder layers ``0 .. K-1``. Returns ``(logits, attentions or
         None)``; ``logits`` as :meth:`LMAdapter.forward` ("all", "last" or "none").
         """
+        check_logits_mode(logits)
         d = self.hidden_size
         x = segment_embeds.to(self.device)
         deepstack = {}
