@@ -598,14 +598,13 @@ def main(argv: list[str] | None = None) -> None:
     # clip indices stop at 62.5M: seeds 0-2 keep their blocks of 1M, later seeds name a block themselves
     base = 6 * 10**7 + args.seed * 10**6 if args.shorts_seed_base is None else args.shorts_seed_base
     shorts = iter_short_clips("train", 10**6, seed_base=base)
-    binding = iter_short_clips("train", 10**7, seed_base=5 * 10**7 + args.seed * 10**6, task_types=("shape",),
+    binding = iter_short_clips("train", 10**6, seed_base=5 * 10**7 + args.seed * 10**6, task_types=("shape",),
                                object_weights=BINDING_OBJECTS)
     probs = [float(x) for x in args.pool_probs.split(",")]
     modes = [None, "avg", "clip" if scorer is not None else "avg"]
     log: list[dict] = []
     window: dict[str, list[bool]] = defaultdict(list)  # answers right since the last log line, per task type
     losses: list[float] = []
-    width = [0]  # the last batch's padded width, for the log
     out = Path(args.out)
 
     def step_fn(step: int):
@@ -634,13 +633,12 @@ def main(argv: list[str] | None = None) -> None:
         losses.append(loss.item())
         for k, v in right.items():
             window[k] += v
-        width[0] = int(batch["inputs_embeds"].shape[1])
-        return loss, None
+        return loss, int(batch["inputs_embeds"].shape[1])  # info: the batch's padded width, for the log
 
-    def on_log(step: int, loss, info, lr: float, minutes: float) -> None:
+    def on_log(step: int, loss, width: int, lr: float, minutes: float) -> None:
         acc = {k: round(float(np.mean(v)), 3) for k, v in sorted(window.items())}
         entry = {"step": step, "minutes": round(minutes, 2), "loss": round(float(np.mean(losses)), 4),
-                 "train_answer_accuracy": acc, "width": width[0]}
+                 "train_answer_accuracy": acc, "width": width}
         log.append(entry)
         print(json.dumps(entry), flush=True)
         window.clear()
