@@ -60,8 +60,10 @@ AGE_BINS: tuple[tuple[str, float, float], ...] = (("10-30s", 0.0, 30.0), ("30-90
                                                   (">90s", 90.0, float("inf")))
 ROW_FIELDS = ("config", "budget", "kv_fraction", "task_type", "age_bin", "n", "accuracy", "ci95", "ttft_ms",
               "peak_kv_bytes", "host_bytes")
-POOLED = "hermes+pooling"
 POOLING_SUFFIX = "+pooling"  # "<policy>+pooling": that policy over tokens pooled as the demo pools them
+POOLED = "hermes" + POOLING_SUFFIX  # the pooled configuration every default run includes
+TEST_SEED_BASE = 5000  # test-split video indices of this benchmark (disjoint from the training report's)
+CALIBRATION_QUESTIONS = 4  # questions of the first stream a budget is calibrated on
 
 
 def split_config(config: str) -> tuple[str, bool]:
@@ -69,8 +71,6 @@ def split_config(config: str) -> tuple[str, bool]:
     if config.endswith(POOLING_SUFFIX):
         return config[: -len(POOLING_SUFFIX)], True
     return config, False
-TEST_SEED_BASE = 5000  # test-split video indices of this benchmark (disjoint from the training report's)
-CALIBRATION_QUESTIONS = 4  # questions of the first stream a budget is calibrated on
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
